@@ -1,0 +1,55 @@
+"""
+### Warehouse schema
+
+Applies the schema every other DAG relies on, idempotently: the warehouse tables (`leads`, `chat_sessions`,
+`eventos_raw`, dead letters, tombstones, heartbeats, extraction cursors), the Supabase stand-in tables with their
+`updated_at` and delete-capture triggers, and the Elasticsearch indices. Table and index definitions come from
+the entity registry (`include/entities.py`), so a field added there reaches every layer on the next run.
+
+Run it after deploying a new registry version, or any time: every statement is safe to repeat.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import dag, task
+
+from include.connections import SUPABASE_DB_CONN_ID, WAREHOUSE_CONN_ID
+
+
+@dag(
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    doc_md=__doc__,
+    tags=["schema", "postgres", "elasticsearch"],
+    default_args={"retries": 2, "retry_delay": pendulum.duration(seconds=30), "owner": "data-platform"},
+)
+def warehouse_schema():
+    @task
+    def warehouse_tables() -> None:
+        from include.connections import postgres_connection
+        from include.schema import apply_sql, warehouse_ddl
+
+        apply_sql(postgres_connection(WAREHOUSE_CONN_ID), warehouse_ddl())
+
+    @task
+    def source_tables() -> None:
+        from include.connections import postgres_connection
+        from include.schema import apply_sql, source_ddl
+
+        apply_sql(postgres_connection(SUPABASE_DB_CONN_ID), source_ddl())
+
+    @task
+    def search_indices() -> list[str]:
+        from include.connections import elasticsearch_client
+        from include.schema import ensure_indices
+
+        return ensure_indices(elasticsearch_client())
+
+    warehouse_tables()
+    source_tables()
+    search_indices()
+
+
+warehouse_schema()

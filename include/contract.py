@@ -1,0 +1,77 @@
+"""The message contract on topic `eventos`, shared by every producer and the streaming job.
+
+A message's key is the entity id (UTF-8), so every version of a record lands in one partition, in order.
+Its value is a JSON object: the entity's registry fields, plus `tipo_evento` and `processado_em`.
+Timestamps are ISO-8601 with a UTC offset; arrays are JSON arrays; `localizacao` is a JSON object.
+A tombstone carries only the key, `deleted: true`, and the deletion time in the entity's version column.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import uuid
+from typing import Any, Mapping
+
+from include.entities import Entity
+
+TIPO_EVENTO = "tipo_evento"
+PROCESSADO_EM = "processado_em"
+DELETED = "deleted"
+ENVELOPE_FIELDS = (TIPO_EVENTO, PROCESSADO_EM, DELETED)
+
+
+class UnserialisableValue(TypeError):
+    """A value in a row has no JSON form in this contract."""
+
+
+def _json_default(value: Any):
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            raise UnserialisableValue(f"timestamp without time zone: {value!r}")
+        return value.isoformat()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        if not value.is_finite():
+            raise UnserialisableValue(f"non-finite number: {value!r}")
+        return float(value) if value != value.to_integral_value() else int(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise UnserialisableValue(f"{type(value).__name__} is not JSON serialisable: {value!r}")
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    # allow_nan=False: NaN/Infinity are not JSON and downstream parsers reject them.
+    try:
+        return json.dumps(message, default=_json_default, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except ValueError as error:
+        raise UnserialisableValue(str(error)) from error
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def record_message(entity: Entity, row: Mapping[str, Any], processado_em: dt.datetime | None = None) -> dict:
+    """A record's message: exactly the registry's fields, then the envelope."""
+    message = {name: row.get(name) for name in entity.field_names}
+    message[TIPO_EVENTO] = entity.tipo_evento
+    message[PROCESSADO_EM] = processado_em or now_utc()
+    return message
+
+
+def tombstone_message(entity: Entity, record_id: Any, deleted_at: dt.datetime,
+                      processado_em: dt.datetime | None = None) -> dict:
+    return {
+        entity.key: record_id,
+        entity.version_column: deleted_at,
+        DELETED: True,
+        TIPO_EVENTO: entity.tipo_evento,
+        PROCESSADO_EM: processado_em or now_utc(),
+    }
+
+
+def message_key(entity: Entity, message: Mapping[str, Any]) -> bytes:
+    return str(message[entity.key]).encode("utf-8")

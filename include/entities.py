@@ -1,0 +1,188 @@
+"""The entity registry: each entity is declared once here.
+
+DDL (include/sql), the Spark job's schemas, the Postgres and Elasticsearch sinks, the extraction and the
+data-quality checks all read names, types, keys and version columns from these declarations, so a field added
+here reaches every layer and nothing repeats a column list by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Logical type -> (PostgreSQL type, Spark SQL type, Elasticsearch mapping).
+TYPES: dict[str, tuple[str, str, dict]] = {
+    "uuid": ("uuid", "string", {"type": "keyword"}),
+    "text": ("text", "string", {"type": "text", "fields": {"raw": {"type": "keyword", "ignore_above": 256}}}),
+    "keyword": ("text", "string", {"type": "keyword"}),
+    "text[]": ("text[]", "array<string>", {"type": "keyword"}),
+    # Kept whole in _source, not indexed: its shape varies by client and must not break the mapping.
+    "jsonb": ("jsonb", "string", {"type": "object", "enabled": False}),
+    "integer": ("integer", "int", {"type": "integer"}),
+    "numeric": ("numeric", "decimal(38,9)", {"type": "double"}),
+    "boolean": ("boolean", "boolean", {"type": "boolean"}),
+    "timestamptz": ("timestamptz", "timestamp", {"type": "date"}),
+}
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: str
+    required: bool = False
+
+    def __post_init__(self):
+        if self.type not in TYPES:
+            raise ValueError(f"field {self.name}: unknown logical type {self.type!r}")
+
+    @property
+    def pg_type(self) -> str:
+        return TYPES[self.type][0]
+
+    @property
+    def spark_type(self) -> str:
+        return TYPES[self.type][1]
+
+    @property
+    def es_mapping(self) -> dict:
+        return TYPES[self.type][2]
+
+
+@dataclass(frozen=True)
+class Entity:
+    """One kind of record on topic `eventos`, told apart by `tipo_evento`."""
+
+    name: str
+    tipo_evento: str
+    table: str
+    index: str
+    fields: tuple[Field, ...]
+    version_column: str
+    key: str = "id"
+    # The Supabase table it is extracted from; None for events that arrive on Kafka directly.
+    source_table: str | None = None
+    # Columns the sink adds; not part of the message contract.
+    sink_columns: tuple[Field, ...] = field(default=(Field("processado_em", "timestamptz"),))
+
+    def __post_init__(self):
+        names = [f.name for f in self.fields]
+        if len(names) != len(set(names)):
+            raise ValueError(f"entity {self.name}: duplicate field names")
+        for column in (self.key, self.version_column):
+            if column not in names:
+                raise ValueError(f"entity {self.name}: {column!r} is not one of its fields")
+
+    @property
+    def field_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields)
+
+    @property
+    def columns(self) -> tuple[Field, ...]:
+        """Every column of the warehouse table: the contract's fields, then the sink's."""
+        return self.fields + self.sink_columns
+
+    @property
+    def required_fields(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields if f.required or f.name in (self.key, self.version_column))
+
+    def spark_schema(self):
+        """The message schema as a StructType (pyspark imported here so DAG parsing never loads it)."""
+        from pyspark.sql import types as T
+
+        spark_types = {
+            "string": T.StringType(),
+            "array<string>": T.ArrayType(T.StringType()),
+            "int": T.IntegerType(),
+            "decimal(38,9)": T.DecimalType(38, 9),
+            "boolean": T.BooleanType(),
+            "timestamp": T.TimestampType(),
+        }
+        return T.StructType([T.StructField(f.name, spark_types[f.spark_type], nullable=True) for f in self.fields])
+
+    def es_mappings(self) -> dict:
+        properties = {f.name: f.es_mapping for f in self.columns}
+        return {"dynamic": "false", "properties": properties}
+
+
+LEAD = Entity(
+    name="lead",
+    tipo_evento="lead",
+    table="leads",
+    index="leads",
+    source_table="leads",
+    version_column="updated_at",
+    fields=(
+        Field("id", "uuid", required=True),
+        Field("nome", "text"),
+        Field("email", "keyword"),
+        Field("telefone", "keyword"),
+        Field("nome_empresa", "text"),
+        Field("nome_projeto", "text"),
+        Field("localizacao", "jsonb"),
+        Field("interesse", "text[]"),
+        Field("score_qualificacao", "integer"),
+        Field("status_lead", "keyword"),
+        Field("origem", "keyword"),
+        Field("utm_source", "keyword"),
+        Field("utm_medium", "keyword"),
+        Field("utm_campaign", "keyword"),
+        Field("created_at", "timestamptz"),
+        Field("updated_at", "timestamptz", required=True),
+        Field("last_interaction_at", "timestamptz"),
+    ),
+)
+
+CHAT_SESSION = Entity(
+    name="chat_session",
+    tipo_evento="chat_session",
+    table="chat_sessions",
+    index="chat_sessions",
+    source_table="chat_sessions",
+    version_column="updated_at",
+    fields=(
+        Field("id", "uuid", required=True),
+        Field("lead_id", "uuid"),
+        Field("session_token", "keyword"),
+        Field("user_agent", "text"),
+        Field("ip_address", "keyword"),
+        Field("total_messages", "integer"),
+        Field("duration_seconds", "integer"),
+        Field("pages_visited", "text[]"),
+        Field("perguntas_feitas", "text[]"),
+        Field("intencao_detectada", "text"),
+        Field("nivel_interesse", "keyword"),
+        Field("started_at", "timestamptz"),
+        Field("ended_at", "timestamptz"),
+        Field("is_active", "boolean"),
+        # Not in the user's original schema: the stand-in maintains it by trigger so sessions can be
+        # extracted incrementally and ordered newest-wins like leads.
+        Field("updated_at", "timestamptz", required=True),
+    ),
+)
+
+EVENTO = Entity(
+    name="evento",
+    tipo_evento="evento",
+    table="eventos_raw",
+    index="eventos",
+    version_column="occurred_at",
+    fields=(
+        Field("id", "uuid", required=True),
+        Field("evento", "keyword", required=True),
+        Field("valor", "numeric"),
+        Field("usuario", "keyword"),
+        Field("occurred_at", "timestamptz", required=True),
+    ),
+    sink_columns=(Field("processado_em", "timestamptz"), Field("payload", "jsonb")),
+)
+
+ENTITIES: tuple[Entity, ...] = (LEAD, CHAT_SESSION, EVENTO)
+BY_TIPO_EVENTO: dict[str, Entity] = {e.tipo_evento: e for e in ENTITIES}
+BY_NAME: dict[str, Entity] = {e.name: e for e in ENTITIES}
+EXTRACTED: tuple[Entity, ...] = tuple(e for e in ENTITIES if e.source_table)
+
+
+def entity_for(tipo_evento: str) -> Entity:
+    try:
+        return BY_TIPO_EVENTO[tipo_evento]
+    except KeyError:
+        raise KeyError(f"unknown tipo_evento {tipo_evento!r}; known: {sorted(BY_TIPO_EVENTO)}") from None

@@ -1,0 +1,52 @@
+-- Tables the pipeline itself keeps in the warehouse.
+
+-- Every message or source row that could not be loaded, with enough context to replay it.
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id            bigserial PRIMARY KEY,
+    stage         text        NOT NULL,   -- 'extract' or 'stream'
+    entity        text,
+    reason        text        NOT NULL,
+    raw_payload   text,
+    topic         text,
+    kafka_partition integer,
+    kafka_offset  bigint,
+    batch_id      bigint,
+    created_at    timestamptz NOT NULL DEFAULT now()
+);
+-- A replayed batch must not record the same reject twice.
+CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_source_offset
+    ON dead_letters (topic, kafka_partition, kafka_offset) WHERE kafka_offset IS NOT NULL;
+CREATE INDEX IF NOT EXISTS dead_letters_created_at ON dead_letters (created_at);
+
+-- Deletions seen downstream, so an older update replayed later cannot bring a record back.
+CREATE TABLE IF NOT EXISTS deleted_records (
+    entity      text        NOT NULL,
+    id          uuid        NOT NULL,
+    deleted_at  timestamptz NOT NULL,
+    PRIMARY KEY (entity, id)
+);
+
+-- One row per streaming micro-batch, written by the job's StreamingQueryListener for the watchdog.
+CREATE TABLE IF NOT EXISTS stream_heartbeats (
+    query_name      text        NOT NULL,
+    run_id          text        NOT NULL,
+    batch_id        bigint      NOT NULL,
+    input_rows      bigint      NOT NULL,
+    rows_per_second double precision,
+    latest_offsets  jsonb,
+    recorded_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (query_name, run_id, batch_id)
+);
+CREATE INDEX IF NOT EXISTS stream_heartbeats_recent ON stream_heartbeats (query_name, recorded_at DESC);
+
+-- Extraction cursor per entity: advanced only after the broker acknowledged every message up to it.
+CREATE TABLE IF NOT EXISTS extract_cursors (
+    entity          text PRIMARY KEY,
+    cursor_updated_at timestamptz NOT NULL,
+    cursor_id       uuid        NOT NULL,
+    moved_at        timestamptz NOT NULL DEFAULT now()
+);
+
+-- A bad source row is re-read by every run whose lookback window covers it; record each version once.
+CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_extract_payload
+    ON dead_letters (entity, md5(raw_payload)) WHERE stage = 'extract';

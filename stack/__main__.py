@@ -1,0 +1,170 @@
+"""Local stack control: `python -m stack {fetch,up,down,status,schema,env,airflow}`.
+
+`up` is idempotent and serialised by a lock file, so any number of callers (make targets, tests, people) can
+run it; `down` stops only processes whose pid this stack recorded when it started them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from include.settings import REPO_ROOT, SettingsError, load_settings
+from stack.services import (Health, Kafka, Postgres, StackError, all_services, ensure_generated_secrets, java_home,
+                            wait_until)
+
+log = logging.getLogger("stack")
+
+
+def state_dir_from_env() -> Path:
+    return Path(os.environ.get("PIPELINE_STATE_DIR", REPO_ROOT / ".state"))
+
+
+@contextmanager
+def stack_lock(state_dir: Path):
+    lock_path = state_dir / "run" / "stack.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def airflow_command(settings, args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    venv_bin = Path(sys.executable).parent
+    env = {**os.environ, **settings.airflow_environment(),
+           # airflow launches its sub-commands by name, so the venv's bin/ must lead PATH.
+           "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run([str(venv_bin / "airflow"), *args], env=env, **kwargs)
+
+
+def init_airflow(settings) -> None:
+    """Migrate Airflow's metadata database once per Airflow version."""
+    from importlib.metadata import version
+
+    marker = settings.state_dir / "airflow" / f".migrated-{version('apache-airflow')}"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    log.info("migrating the Airflow metadata database")
+    result = airflow_command(settings, ["db", "migrate"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise StackError(f"airflow db migrate failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+    marker.touch()
+
+
+def apply_schema(settings) -> None:
+    import psycopg
+    from elasticsearch import Elasticsearch
+
+    from include.schema import apply_sql, ensure_indices, source_ddl, warehouse_ddl
+
+    with psycopg.connect(settings.pg_dsn(settings.pg_warehouse_db)) as connection:
+        apply_sql(connection, warehouse_ddl())
+    with psycopg.connect(settings.pg_dsn(settings.pg_source_db)) as connection:
+        apply_sql(connection, source_ddl())
+    es = Elasticsearch(settings.es_url, request_timeout=30)
+    ensure_indices(es)
+    es.close()
+
+
+def up(args) -> int:
+    state_dir = state_dir_from_env()
+    with stack_lock(state_dir):
+        ensure_generated_secrets(state_dir)
+        settings = load_settings()
+        java_home()
+        services = all_services(settings)
+        started = time.monotonic()
+        for service in services:
+            service.fetch()
+        log.info("artifacts ready in %.0f s", time.monotonic() - started)
+        for service in services:
+            service.start()
+        for service in services:
+            wait_until(lambda s=service: s.health().healthy, args.timeout, service.name,
+                       getattr(service, "log_path", None))
+        next(s for s in services if isinstance(s, Postgres)).create_databases()
+        next(s for s in services if isinstance(s, Kafka)).create_topic()
+        apply_schema(settings)
+        if not args.no_airflow:
+            init_airflow(settings)
+        log.info("stack up in %.0f s", time.monotonic() - started)
+    return print_status(settings)
+
+
+def down(_args) -> int:
+    state_dir = state_dir_from_env()
+    with stack_lock(state_dir):
+        settings = load_settings()
+        # Reverse order: consumers of Postgres and Kafka go first.
+        for service in reversed(all_services(settings)):
+            service.stop()
+    log.info("stack stopped")
+    return 0
+
+
+def print_status(settings=None) -> int:
+    settings = settings or load_settings()
+    rows: list[Health] = [service.health() for service in all_services(settings)]
+    print(f"{'service':<14} {'state':<9} {'version':<10} {'pid':>8} {'rss MB':>8}  detail")
+    for row in rows:
+        state = "healthy" if row.healthy else "DOWN"
+        print(f"{row.name:<14} {state:<9} {row.version:<10} {row.pid or '-':>8} {row.rss_mb:>8.0f}  {row.detail}")
+    print(f"{'total':<14} {'':<9} {'':<10} {'':>8} {sum(r.rss_mb for r in rows):>8.0f}")
+    return 0 if all(row.healthy for row in rows) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for chatty in ("kafka", "elastic_transport"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    up_parser = commands.add_parser("up", help="fetch artifacts, start every service, apply the schema")
+    up_parser.add_argument("--timeout", type=float, default=180, help="seconds each service has to become healthy")
+    up_parser.add_argument("--no-airflow", action="store_true", help="skip the Airflow metadata migration")
+    commands.add_parser("down", help="stop every service this stack started")
+    commands.add_parser("status", help="health, version, pid and memory of each service; exit 1 if any is down")
+    commands.add_parser("fetch", help="download Kafka, Elasticsearch and the Spark jars without starting anything")
+    commands.add_parser("schema", help="apply the warehouse, stand-in and index schema")
+    commands.add_parser("env", help="print shell exports for airflow commands against the local stack")
+    airflow_parser = commands.add_parser("airflow", help="run an airflow command against the local stack")
+    airflow_parser.add_argument("airflow_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            return up(args)
+        if args.command == "down":
+            return down(args)
+        if args.command == "fetch":
+            ensure_generated_secrets(state_dir_from_env())
+            for service in all_services():
+                service.fetch()
+            return 0
+        settings = load_settings()
+        if args.command == "status":
+            return print_status(settings)
+        if args.command == "schema":
+            apply_schema(settings)
+            return 0
+        if args.command == "env":
+            for name, value in settings.airflow_environment().items():
+                print(f"export {name}={shlex.quote(value)}")
+            return 0
+        airflow_args = args.airflow_args[1:] if args.airflow_args[:1] == ["--"] else args.airflow_args
+        return airflow_command(settings, airflow_args).returncode
+    except (StackError, SettingsError) as error:
+        log.error("%s", error)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,518 @@
+"""The local stack's services: PostgreSQL (Debian's packages), Kafka in KRaft mode and Elasticsearch (both from
+Maven Central), and Spark's connector jars. Each service keeps its data, logs and pid file under the state
+folder, and is stopped only through the pid it recorded when this module started it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from include.settings import GENERATED_ENV_NAME, REPO_ROOT, Settings, load_settings
+
+log = logging.getLogger("stack")
+MAVEN_DIR = REPO_ROOT / "stack" / "maven"
+SERVICE_USER = "pipeline"
+KAFKA_VERSION = "4.1.1"
+ES_VERSION = "8.19.21"
+SPARK_CONNECTOR_ARTIFACTS = "spark-sql-kafka-0-10_2.13,spark-token-provider-kafka-0-10_2.13,kafka-clients,commons-pool2,postgresql"
+
+
+class StackError(RuntimeError):
+    """Something stops the stack from starting; the message says what to do."""
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def ensure_generated_secrets(state_dir: Path) -> None:
+    """Generate the local Postgres password once; it never enters git (the state folder is ignored)."""
+    path = state_dir / GENERATED_ENV_NAME
+    if "PIPELINE_PG_PASSWORD" in os.environ or (REPO_ROOT / ".env").is_file() and \
+            "PIPELINE_PG_PASSWORD=" in (REPO_ROOT / ".env").read_text():
+        return
+    if path.is_file() and "PIPELINE_PG_PASSWORD=" in path.read_text():
+        return
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        handle.write(f"PIPELINE_PG_PASSWORD={secrets.token_urlsafe(24)}\n")
+    path.chmod(0o600)
+
+
+def java_home() -> Path:
+    java = os.environ.get("JAVA_HOME") and Path(os.environ["JAVA_HOME"]) / "bin" / "java"
+    java = java if java and java.exists() else shutil.which("java")
+    if not java:
+        raise StackError("Java 17 or newer is required for Kafka and Elasticsearch and none was found: "
+                         "install it (apt-get install openjdk-17-jre-headless) or set JAVA_HOME")
+    real = Path(java).resolve()
+    output = subprocess.run([str(real), "-version"], capture_output=True, text=True).stderr
+    match = re.search(r'version "(\d+)', output)
+    if not match or int(match.group(1)) < 17:
+        raise StackError(f"Java 17 or newer is required; {real} reports: {output.splitlines()[:1]}")
+    return real.parent.parent
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, port)) == 0
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    state = Path(f"/proc/{pid}/stat")
+    # A zombie has exited; it only waits for its parent to reap it.
+    return not (state.exists() and state.read_text().split(") ")[-1].startswith("Z"))
+
+
+def rss_mb(pid: int | None) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (FileNotFoundError, TypeError, ProcessLookupError):
+        pass
+    return 0.0
+
+
+def service_account() -> tuple[int, int] | None:
+    """PostgreSQL and Elasticsearch refuse to run as root: when we are root they run as a system user."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER],
+                       check=True)
+        entry = pwd.getpwnam(SERVICE_USER)
+    return entry.pw_uid, entry.pw_gid
+
+
+def chown_tree(path: Path, account: tuple[int, int] | None) -> None:
+    if account is None:
+        return
+    for item in [path, *path.rglob("*")]:
+        os.chown(item, *account, follow_symlinks=False)
+
+
+def as_service_user(command: list[str], account: tuple[int, int] | None) -> list[str]:
+    if account is None:
+        return command
+    uid, gid = account
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *command]
+
+
+def run_maven(pom: str, goal_args: list[str]) -> None:
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise StackError("Maven (mvn) is needed once to fetch Kafka, Elasticsearch and the Spark jars: "
+                         "apt-get install maven")
+    command = [mvn, "-q", "-B", "-s", str(MAVEN_DIR / "settings.xml"), "-f", str(MAVEN_DIR / pom), *goal_args]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise StackError(f"fetching {pom} from Maven Central failed:\n{result.stdout[-3000:]}{result.stderr[-2000:]}")
+
+
+def wait_until(predicate, timeout: float, what: str, log_path: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    tail = ""
+    if log_path and log_path.exists():
+        tail = "\n  last log lines:\n    " + "\n    ".join(log_path.read_text(errors="replace").splitlines()[-15:])
+    raise StackError(f"{what} did not become healthy within {timeout:.0f} s (log: {log_path}){tail}")
+
+
+@dataclass
+class Health:
+    name: str
+    healthy: bool
+    detail: str
+    pid: int | None = None
+    rss_mb: float = 0.0
+    version: str = ""
+
+
+# ---------------------------------------------------------------- services
+
+
+class Service:
+    name = ""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.home = settings.state_dir / self.name
+        self.log_path = settings.state_dir / "logs" / f"{self.name}.log"
+        self.pid_path = settings.state_dir / "run" / f"{self.name}.pid"
+
+    def recorded_pid(self) -> int | None:
+        try:
+            return int(self.pid_path.read_text().split()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            return None
+
+    def running(self) -> bool:
+        return pid_alive(self.recorded_pid())
+
+    def check_port_free(self, port: int, setting: str) -> None:
+        if port_open("127.0.0.1", port):
+            raise StackError(f"port {port} ({setting}) is already taken by a process this stack did not start: "
+                             f"stop it or choose another port with {setting} in .env")
+
+    def stop(self) -> None:
+        pid = self.recorded_pid()
+        if pid_alive(pid):
+            log.info("stopping %s (pid %s)", self.name, pid)
+            os.kill(pid, self.stop_signal)
+            deadline = time.monotonic() + 60
+            while pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.3)
+            if pid_alive(pid):
+                log.warning("%s (pid %s) ignored the stop signal for 60 s; killing it", self.name, pid)
+                os.kill(pid, signal.SIGKILL)
+        self.pid_path.unlink(missing_ok=True)
+
+    stop_signal = signal.SIGTERM
+
+    def prepare_dirs(self) -> None:
+        for folder in (self.home, self.log_path.parent, self.pid_path.parent):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def spawn(self, command: list[str], env: dict | None = None) -> int:
+        self.prepare_dirs()
+        with self.log_path.open("ab") as log_file:
+            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       env={**os.environ, **(env or {})}, start_new_session=True, cwd=self.home)
+        self.pid_path.write_text(str(process.pid))
+        return process.pid
+
+
+class Postgres(Service):
+    name = "postgres"
+    stop_signal = signal.SIGINT  # PostgreSQL's "fast" shutdown: roll back clients, checkpoint, exit.
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @staticmethod
+    def bin_dir() -> Path:
+        candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+                            key=lambda p: int(p.parent.parent.name))
+        if not candidates:
+            raise StackError("PostgreSQL server binaries not found: install Debian's package "
+                             "(apt-get install postgresql), as `make system-deps` does")
+        return candidates[-1].parent
+
+    def recorded_pid(self) -> int | None:
+        # postmaster.pid is PostgreSQL's own record of the server this data directory belongs to.
+        try:
+            return int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            return None
+
+    def fetch(self) -> None:
+        self.bin_dir()
+
+    def start(self) -> None:
+        if self.running():
+            return
+        self.check_port_free(self.settings.pg_port, "PIPELINE_PG_PORT")
+        account = service_account()
+        self.prepare_dirs()
+        socket_dir = self.settings.state_dir / "run" / "pgsocket"
+        socket_dir.mkdir(parents=True, exist_ok=True)
+        if not (self.data_dir / "PG_VERSION").exists():
+            password_file = self.home / "initdb.pw"
+            password_file.write_text(self.settings.pg_password)
+            chown_tree(self.home, account)
+            subprocess.run(as_service_user(
+                [str(self.bin_dir() / "initdb"), "-D", str(self.data_dir), "-U", self.settings.pg_user,
+                 f"--pwfile={password_file}", "--auth-host=scram-sha-256", "--auth-local=peer", "-E", "UTF8",
+                 "--locale=C.UTF-8"], account), check=True, capture_output=True)
+            password_file.unlink()
+        self.log_path.touch()
+        for path in (self.home, socket_dir, self.log_path):
+            chown_tree(path, account)
+        options = (f"-c listen_addresses={self.settings.pg_host} -p {self.settings.pg_port} "
+                   f"-c unix_socket_directories={socket_dir} -c shared_buffers=256MB -c max_connections=200")
+        subprocess.run(as_service_user(
+            [str(self.bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path), "-o", options,
+             "-w", "-t", "60", "start"], account), check=True, capture_output=True)
+
+    def health(self) -> Health:
+        import psycopg
+
+        pid = self.recorded_pid()
+        try:
+            with psycopg.connect(self.settings.pg_dsn("postgres"), connect_timeout=3) as connection:
+                version = connection.execute("SHOW server_version").fetchone()[0].split()[0]
+            return Health(self.name, True, f"127.0.0.1:{self.settings.pg_port}", pid, rss_mb(pid), version)
+        except psycopg.Error as error:
+            return Health(self.name, False, str(error).strip().splitlines()[0], pid)
+
+    def create_databases(self) -> None:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.settings.pg_dsn("postgres"), autocommit=True) as connection:
+            for database in (self.settings.pg_warehouse_db, self.settings.pg_source_db, self.settings.pg_airflow_db):
+                exists = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+                if not exists:
+                    connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+                    log.info("created database %s", database)
+
+
+class Kafka(Service):
+    name = "kafka"
+
+    @property
+    def libs(self) -> Path:
+        return self.settings.state_dir / "dist" / f"kafka-{KAFKA_VERSION}" / "libs"
+
+    def fetch(self) -> None:
+        marker = self.libs / ".complete"
+        if marker.exists():
+            return
+        log.info("fetching Kafka %s from Maven Central", KAFKA_VERSION)
+        run_maven("kafka-broker.pom.xml", ["dependency:copy-dependencies", f"-DoutputDirectory={self.libs}",
+                                           "-DincludeScope=runtime"])
+        marker.touch()
+
+    def java(self, main_class: str, *args: str, heap_mb: int = 256) -> list[str]:
+        return [str(java_home() / "bin" / "java"), f"-Xms{heap_mb}m", f"-Xmx{heap_mb}m",
+                "-cp", f"{self.libs}/*", f"-Dlog4j2.configurationFile={MAVEN_DIR.parent / 'kafka-log4j2.yaml'}",
+                main_class, *args]
+
+    def write_config(self) -> Path:
+        s = self.settings
+        config = self.home / "server.properties"
+        config.write_text("\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@{s.kafka_host}:{s.kafka_controller_port}",
+            f"listeners=PLAINTEXT://{s.kafka_host}:{s.kafka_port},CONTROLLER://{s.kafka_host}:{s.kafka_controller_port}",
+            f"advertised.listeners=PLAINTEXT://{s.kafka_host}:{s.kafka_port}",
+            "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={self.home / 'data'}",
+            f"num.partitions={s.kafka_partitions}",
+            "offsets.topic.replication.factor=1",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            # Test topics are created and deleted all the time; the broker must really delete them.
+            "delete.topic.enable=true",
+            "auto.create.topics.enable=false",
+            "",
+        ]))
+        return config
+
+    def start(self) -> None:
+        if self.running():
+            return
+        self.check_port_free(self.settings.kafka_port, "PIPELINE_KAFKA_PORT")
+        self.check_port_free(self.settings.kafka_controller_port, "PIPELINE_KAFKA_CONTROLLER_PORT")
+        self.prepare_dirs()
+        config = self.write_config()
+        if not (self.home / "data" / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+            subprocess.run(self.java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
+                           check=True, capture_output=True)
+        self.spawn(self.java("kafka.Kafka", str(config), heap_mb=self.settings.kafka_heap_mb))
+
+    def admin(self):
+        from kafka.admin import KafkaAdminClient
+
+        return KafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap, client_id="stack",
+                                request_timeout_ms=5000)
+
+    def health(self) -> Health:
+        pid = self.recorded_pid()
+        if not port_open(self.settings.kafka_host, self.settings.kafka_port):
+            return Health(self.name, False, f"nothing listens on {self.settings.kafka_bootstrap}", pid)
+        try:
+            admin = self.admin()
+            topics = admin.list_topics()
+            admin.close()
+        except Exception as error:  # noqa: BLE001 - any client failure means "not healthy", reported as such
+            return Health(self.name, False, f"{type(error).__name__}: {error}", pid)
+        detail = f"{self.settings.kafka_bootstrap}, topic {self.settings.kafka_topic} " + (
+            "present" if self.settings.kafka_topic in topics else "missing")
+        return Health(self.name, True, detail, pid, rss_mb(pid), KAFKA_VERSION)
+
+    def create_topic(self) -> None:
+        from kafka.admin import NewTopic
+        from kafka.errors import TopicAlreadyExistsError
+
+        admin = self.admin()
+        try:
+            admin.create_topics([NewTopic(self.settings.kafka_topic, self.settings.kafka_partitions, 1)])
+            log.info("created topic %s with %s partitions", self.settings.kafka_topic, self.settings.kafka_partitions)
+        except TopicAlreadyExistsError:
+            pass
+        finally:
+            admin.close()
+
+
+class Elasticsearch(Service):
+    name = "elasticsearch"
+
+    @property
+    def dist(self) -> Path:
+        return self.settings.state_dir / "dist" / f"elasticsearch-{ES_VERSION}"
+
+    def fetch(self) -> None:
+        if (self.dist / "bin" / "elasticsearch").exists():
+            return
+        log.info("fetching Elasticsearch %s from Maven Central", ES_VERSION)
+        download = self.settings.state_dir / "dist" / "downloads"
+        run_maven("elasticsearch.pom.xml", ["dependency:copy-dependencies", f"-DoutputDirectory={download}"])
+        archive = next(download.glob(f"elasticsearch-{ES_VERSION}*.zip"))
+        with zipfile.ZipFile(archive) as zipped:
+            zipped.extractall(self.dist.parent)
+        for script in (self.dist / "bin").iterdir():
+            script.chmod(0o755)
+        archive.unlink()
+
+    @property
+    def server_pid_path(self) -> Path:
+        return self.pid_path.with_name("elasticsearch-server.pid")
+
+    def recorded_pid(self) -> int | None:
+        # The JVM that serves requests writes this file (-p); the launcher's pid is kept beside it.
+        try:
+            return int(self.server_pid_path.read_text().split()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            return None
+
+    def launcher_pid(self) -> int | None:
+        return Service.recorded_pid(self)
+
+    def start(self) -> None:
+        if self.running():
+            return
+        self.check_port_free(self.settings.es_port, "PIPELINE_ES_PORT")
+        self.check_port_free(self.settings.es_transport_port, "PIPELINE_ES_TRANSPORT_PORT")
+        account = service_account()
+        self.prepare_dirs()
+        config = self.home / "config"
+        if not config.exists():
+            shutil.copytree(self.dist / "config", config)
+        for folder in ("data", "logs", "tmp"):
+            (self.home / folder).mkdir(exist_ok=True)
+        self.server_pid_path.unlink(missing_ok=True)
+        self.log_path.touch()
+        chown_tree(self.home, account)
+        chown_tree(self.pid_path.parent, account)
+        chown_tree(self.log_path, account)
+        s = self.settings
+        settings = {
+            "discovery.type": "single-node",
+            "xpack.security.enabled": "false",
+            "network.host": s.es_host,
+            "http.port": s.es_port,
+            "transport.port": s.es_transport_port,
+            "path.data": self.home / "data",
+            "path.logs": self.home / "logs",
+            # Small dev disks must not turn indices read-only; tests delete their indices by wildcard.
+            "cluster.routing.allocation.disk.threshold_enabled": "false",
+            "action.destructive_requires_name": "false",
+        }
+        command = [str(self.dist / "bin" / "elasticsearch"), "-p", str(self.server_pid_path)]
+        for key, value in settings.items():
+            command += ["-E", f"{key}={value}"]
+        env = {
+            "ES_JAVA_HOME": str(java_home()),
+            "ES_PATH_CONF": str(config),
+            "ES_TMPDIR": str(self.home / "tmp"),
+            "ES_JAVA_OPTS": f"-Xms{s.es_heap_mb}m -Xmx{s.es_heap_mb}m",
+        }
+        self.spawn(as_service_user(command, account), env)
+
+    def stop(self) -> None:
+        launcher = self.launcher_pid()
+        super().stop()
+        if pid_alive(launcher):
+            os.kill(launcher, signal.SIGTERM)
+        self.server_pid_path.unlink(missing_ok=True)
+
+    def health(self) -> Health:
+        pid = self.recorded_pid()
+        try:
+            with urllib.request.urlopen(f"{self.settings.es_url}/_cluster/health", timeout=3) as response:
+                status = json.load(response)["status"]
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            return Health(self.name, False, f"{self.settings.es_url}: {error}", pid)
+        return Health(self.name, status in ("green", "yellow"), f"{self.settings.es_url} cluster {status}",
+                      pid, rss_mb(pid), ES_VERSION)
+
+
+class SparkJars(Service):
+    """Spark itself runs in local mode inside each driver; the stack only caches its connector jars."""
+
+    name = "spark"
+
+    def fetch(self) -> None:
+        from spark.session import jars_dir
+
+        target = jars_dir(self.settings)
+        if (target / ".complete").exists():
+            return
+        log.info("fetching Spark connector jars from Maven Central")
+        run_maven("spark-jars.pom.xml", ["dependency:copy-dependencies", f"-DoutputDirectory={target}",
+                                         f"-DincludeArtifactIds={SPARK_CONNECTOR_ARTIFACTS}"])
+        (target / ".complete").touch()
+
+    def start(self) -> None:
+        self.fetch()
+
+    def stop(self) -> None:
+        pass
+
+    def health(self) -> Health:
+        from importlib.metadata import version
+
+        from spark.session import SPARK_VERSION, jars_dir
+
+        jars = sorted(p.name for p in jars_dir(self.settings).glob("*.jar"))
+        installed = {name: version(name) for name in ("pyspark", "pyspark-client")}
+        mismatched = {n: v for n, v in installed.items() if v != SPARK_VERSION}
+        if mismatched:
+            return Health(self.name, False, f"expected pyspark {SPARK_VERSION}, installed {installed}")
+        if not jars:
+            return Health(self.name, False, "connector jars not fetched")
+        return Health(self.name, True, f"local mode ({self.settings.spark_master}), {len(jars)} connector jars",
+                      version=SPARK_VERSION)
+
+
+def all_services(settings: Settings | None = None) -> list[Service]:
+    settings = settings or load_settings()
+    return [Postgres(settings), Kafka(settings), Elasticsearch(settings), SparkJars(settings)]

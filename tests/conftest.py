@@ -1,0 +1,126 @@
+"""Shared fixtures. Tests against real services own their objects: every topic, Postgres schema and
+Elasticsearch index a test uses is uuid-named, created for it and removed afterwards."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from include.settings import SettingsError, load_settings  # noqa: E402
+
+# Airflow reads its configuration when first imported: point it at the local stack before any test imports it.
+try:
+    for _name, _value in load_settings().airflow_environment().items():
+        os.environ.setdefault(_name, _value)
+except SettingsError:
+    # No stack configured yet (e.g. `make test-unit` on a fresh clone): unit tests need no services.
+    os.environ.setdefault("AIRFLOW_HOME", str(REPO_ROOT / ".state" / "airflow-unit"))
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def settings():
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """A small local SparkSession: one shuffle partition, no UI, the cached Kafka/JDBC jars on its classpath."""
+    from spark.session import build_session
+
+    session = build_session("pytest", load_settings(), extra_conf={"spark.sql.shuffle.partitions": "1"})
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def pg_connect(settings):
+    """Connect to a database of the local cluster; every connection carries the statement timeout."""
+    import psycopg
+
+    opened = []
+
+    def connect(database: str | None = None, **kwargs):
+        connection = psycopg.connect(settings.pg_dsn(database or settings.pg_warehouse_db), **kwargs)
+        opened.append(connection)
+        return connection
+
+    yield connect
+    for connection in opened:
+        connection.close()
+
+
+@pytest.fixture
+def pg_schema(settings, pg_connect):
+    """A fresh Postgres schema in the warehouse holding the full warehouse DDL; dropped afterwards.
+
+    Code under test reaches it through `search_path`, so table names stay those of the registry."""
+    from include.schema import apply_sql, quote_ident, warehouse_ddl
+
+    name = unique_name("test")
+    admin = pg_connect(autocommit=True)
+    admin.execute(f"CREATE SCHEMA {quote_ident(name)}")
+    scoped = pg_connect(options=f"-c search_path={name}")
+    apply_sql(scoped, warehouse_ddl())
+    yield name
+    admin.execute(f"DROP SCHEMA {quote_ident(name)} CASCADE")
+
+
+@pytest.fixture
+def es(settings):
+    from elasticsearch import Elasticsearch
+
+    client = Elasticsearch(settings.es_url, request_timeout=30)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def es_prefix(es):
+    """A uuid prefix for index names; every index under it is deleted afterwards."""
+    prefix = unique_name("test")
+    yield prefix
+    es.indices.delete(index=f"{prefix}*", ignore_unavailable=True, allow_no_indices=True, expand_wildcards="all")
+
+
+@pytest.fixture
+def kafka_topic(settings):
+    """A uuid-named topic with the configured partition count; deleted afterwards."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="pytest")
+    name = unique_name("test")
+    admin.create_topics([NewTopic(name, num_partitions=settings.kafka_partitions, replication_factor=1)])
+    yield name
+    admin.delete_topics([name])
+    admin.close()
+
+
+@pytest.fixture
+def tmp_state(tmp_path):
+    """A scratch folder for checkpoints and logs (never /tmp defaults in code under test)."""
+    return tmp_path
+
+
+def pytest_collection_modifyitems(config, items):
+    # Marker by folder, so a test cannot forget it and `-m unit` selects exactly the fast ones.
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(REPO_ROOT / "tests").parts
+        folder = parts[0] if len(parts) > 1 else "unit"
+        marker = {"unit": "unit", "dags": "unit", "integration": "integration", "e2e": "e2e"}.get(folder)
+        if marker:
+            item.add_marker(getattr(pytest.mark, marker))
+
+
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)

@@ -1,0 +1,73 @@
+"""DagBag policy: every DAG file imports cleanly and fast, touches no connection or Variable while parsing,
+and carries the metadata the team relies on (tags, docs, retries, no catch-up)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
+DAG_FILES = sorted(p for p in DAGS_FOLDER.glob("*.py") if not p.name.startswith("_"))
+MAX_PARSE_SECONDS = 0.5
+
+
+class ParseTimeAccess(AssertionError):
+    pass
+
+
+def _refuse(*args, **kwargs):
+    raise ParseTimeAccess(f"connection or Variable looked up while parsing: {args!r}")
+
+
+@pytest.fixture
+def strict_parsing(monkeypatch):
+    """Parsing must not need any connection or Variable: drop their env definitions and make look-ups raise."""
+    import os
+
+    import airflow.models.connection
+    import airflow.models.variable
+    import airflow.sdk.execution_time.context as task_context
+
+    for name in [n for n in os.environ if n.startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(task_context, "_get_connection", _refuse)
+    monkeypatch.setattr(task_context, "_get_variable", _refuse)
+    monkeypatch.setattr(airflow.models.variable.Variable, "get", _refuse)
+    monkeypatch.setattr(airflow.models.connection.Connection, "get_connection_from_secrets", _refuse)
+
+
+def _parse(path: Path):
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(path), safe_mode=False)
+
+
+def test_there_are_dags_to_check():
+    assert DAG_FILES, f"no DAG files found in {DAGS_FOLDER}"
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_dag_file_imports_cleanly_without_connections(strict_parsing, path):
+    bag = _parse(path)
+    assert not bag.import_errors, f"{path.name}: {bag.import_errors}"
+    assert bag.dags, f"{path.name} defines no DAG"
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_dag_file_parses_fast(strict_parsing, path):
+    _parse(path)  # the first parse pays for imports shared by all DAG files
+    stats = _parse(path).dagbag_stats
+    assert len(stats) == 1, f"expected parse statistics for {path.name} alone, got {stats}"
+    seconds = stats[0].duration.total_seconds()
+    assert seconds < MAX_PARSE_SECONDS, f"{path.name} took {seconds:.2f} s to parse"
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_dag_policy(strict_parsing, path):
+    for dag_id, dag in _parse(path).dags.items():
+        assert dag.tags, f"{dag_id}: no tags"
+        assert dag.doc_md and dag.doc_md.strip(), f"{dag_id}: no doc_md"
+        assert dag.catchup is False, f"{dag_id}: catchup must be off"
+        for task in dag.tasks:
+            assert task.retries >= 2, f"{dag_id}.{task.task_id}: retries={task.retries}, need >= 2"
