@@ -3,6 +3,7 @@ Elasticsearch index a test uses is uuid-named, created for it and removed afterw
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import uuid
@@ -124,3 +125,5 @@ def pytest_collection_modifyitems(config, items):
 
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+# py4j logs at INFO from finalizers during interpreter shutdown, after pytest closed its streams.
+logging.getLogger("py4j").setLevel(logging.WARNING)
