@@ -59,6 +59,10 @@ test: up
 test-unit: install
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
+# Airflow's UI, scheduler, DAG processor and triggerer in the background, on loopback; prints URL and login.
+airflow: up
+	$(PY) -m stack airflow-ui
+
 bench: up
 	$(PY) -m bench $(BENCH_ARGS)
 

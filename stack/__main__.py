@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from include.settings import REPO_ROOT, SettingsError, load_settings
-from stack.services import (Health, Kafka, Postgres, StackError, all_services, ensure_generated_secrets, java_home,
-                            wait_until)
+from stack.services import (Health, Kafka, Postgres, StackError, airflow_services, all_services,
+                            ensure_generated_secrets, java_home, wait_until)
 
 log = logging.getLogger("stack")
 
@@ -105,9 +105,32 @@ def down(_args) -> int:
     with stack_lock(state_dir):
         settings = load_settings()
         # Reverse order: consumers of Postgres and Kafka go first.
-        for service in reversed(all_services(settings)):
+        for service in [*airflow_services(settings), *reversed(all_services(settings))]:
             service.stop()
     log.info("stack stopped")
+    return 0
+
+
+def airflow_ui(args) -> int:
+    """Start the Airflow API server (UI), scheduler, DAG processor and triggerer in the background."""
+    with stack_lock(state_dir_from_env()):
+        settings = load_settings()
+        init_airflow(settings)
+        components = airflow_services(settings)
+        for component in components:
+            component.start()
+        for component in components:
+            wait_until(lambda c=component: c.health().healthy, args.timeout, component.name, component.log_path)
+    api = components[0]
+    print(f"Airflow UI: {api.url}  (login: admin / {api.admin_password()})")
+    print("Stop it with `make down` (stops the whole stack) or `python -m stack airflow-down`.")
+    return 0
+
+
+def airflow_down(_args) -> int:
+    with stack_lock(state_dir_from_env()):
+        for component in airflow_services():
+            component.stop()
     return 0
 
 
@@ -133,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     up_parser.add_argument("--no-airflow", action="store_true", help="skip the Airflow metadata migration")
     commands.add_parser("down", help="stop every service this stack started")
     commands.add_parser("status", help="health, version, pid and memory of each service; exit 1 if any is down")
+    ui_parser = commands.add_parser("airflow-ui", help="start Airflow's UI, scheduler, DAG processor, triggerer")
+    ui_parser.add_argument("--timeout", type=float, default=180)
+    commands.add_parser("airflow-down", help="stop the Airflow processes started by airflow-ui")
     commands.add_parser("fetch", help="download Kafka, Elasticsearch and the Spark jars without starting anything")
     commands.add_parser("schema", help="apply the warehouse, stand-in and index schema")
     commands.add_parser("env", help="print shell exports for airflow commands against the local stack")
@@ -144,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
             return up(args)
         if args.command == "down":
             return down(args)
+        if args.command == "airflow-ui":
+            return airflow_ui(args)
+        if args.command == "airflow-down":
+            return airflow_down(args)
         if args.command == "fetch":
             ensure_generated_secrets(state_dir_from_env())
             for service in all_services():

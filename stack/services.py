@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -511,6 +512,63 @@ class SparkJars(Service):
             return Health(self.name, False, "connector jars not fetched")
         return Health(self.name, True, f"local mode ({self.settings.spark_master}), {len(jars)} connector jars",
                       version=SPARK_VERSION)
+
+
+class AirflowComponent(Service):
+    """One long-running Airflow process (API server, scheduler, DAG processor or triggerer) for the UI."""
+
+    def __init__(self, settings: Settings, component: str):
+        self.component = component
+        self.name = f"airflow-{component}"
+        super().__init__(settings)
+
+    def fetch(self) -> None:
+        pass
+
+    def start(self) -> None:
+        if self.running():
+            return
+        if self.component == "api-server":
+            self.check_port_free(self.settings.airflow_api_port, "PIPELINE_AIRFLOW_API_PORT")
+        venv_bin = Path(sys.executable).parent
+        command = [str(venv_bin / "airflow"), self.component]
+        if self.component == "api-server":
+            command += ["--host", "127.0.0.1", "--port", str(self.settings.airflow_api_port)]
+        # airflow launches its sub-commands by name, so the venv's bin/ must lead PATH.
+        self.spawn(command, {**self.settings.airflow_environment(),
+                             "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"})
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.airflow_api_port}"
+
+    def health(self) -> Health:
+        pid = self.recorded_pid()
+        if not pid_alive(pid):
+            return Health(self.name, False, "not running", pid)
+        if self.component != "api-server":
+            return Health(self.name, True, "running", pid, rss_mb(pid))
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/v2/monitor/health", timeout=3) as response:
+                report = json.load(response)
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            return Health(self.name, False, f"{self.url}: {error}", pid)
+        unhealthy = [part for part, state in report.items() if isinstance(state, dict)
+                     and state.get("status") not in (None, "healthy")]
+        return Health(self.name, not unhealthy, f"{self.url} " + (f"unhealthy: {unhealthy}" if unhealthy else
+                                                                  "all components healthy"), pid, rss_mb(pid))
+
+    def admin_password(self) -> str:
+        path = Path(self.settings.airflow_environment()["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
+        return json.loads(path.read_text())["admin"]
+
+
+AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+def airflow_services(settings: Settings | None = None) -> list[AirflowComponent]:
+    settings = settings or load_settings()
+    return [AirflowComponent(settings, component) for component in AIRFLOW_COMPONENTS]
 
 
 def all_services(settings: Settings | None = None) -> list[Service]:
