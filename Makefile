@@ -15,13 +15,15 @@ help:
 	@echo "make test   - install, start the local stack, run every test (unit, integration, e2e)"
 	@echo "make up | down | status | airflow | bench"
 
-# Debian packages the stack needs: PostgreSQL server, Java for Kafka/Elasticsearch/Spark, Maven to fetch them.
+# Debian packages the stack needs: PostgreSQL server, Java for Kafka/Elasticsearch/Spark, Maven to fetch them,
+# docker-compose to validate the production compose file (no Docker engine is needed for that).
 system-deps:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	command -v setpriv >/dev/null || missing="$$missing util-linux"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "need root (or install them yourself):$$missing"; exit 1; fi; \
