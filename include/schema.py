@@ -35,10 +35,22 @@ def render_sql(template_name: str, **context) -> str:
     return _templates.get_template(template_name).render(**context)
 
 
+def render_sql_macro(template_name: str, macro: str, **arguments) -> str:
+    """One statement from a template that holds several as Jinja macros (e.g. stream_merge.sql)."""
+    return str(getattr(_templates.get_template(template_name).module, macro)(**arguments)).strip()
+
+
+def stage_table(table: str) -> str:
+    """The streaming job's staging table for a warehouse table."""
+    return f"stream_stage_{table}"
+
+
 def warehouse_ddl(entities: tuple[Entity, ...] = ENTITIES) -> list[str]:
-    return [render_sql("warehouse_support.sql")] + [
-        render_sql("warehouse_entity_table.sql", entity=entity) for entity in entities
-    ]
+    return (
+        [render_sql("warehouse_support.sql")]
+        + [render_sql("warehouse_entity_table.sql", entity=entity) for entity in entities]
+        + [render_sql("stream_staging.sql", entities=entities, stage_table=stage_table)]
+    )
 
 
 def source_ddl(entities: tuple[Entity, ...] = EXTRACTED, schema: str = "public") -> list[str]:

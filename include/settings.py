@@ -196,7 +196,8 @@ def raw_values(environ: dict[str, str] | None = None) -> dict[str, str]:
     merged: dict[str, str] = {}
     merged.update(_read_env_file(state_dir / GENERATED_ENV_NAME))
     merged.update(_read_env_file(REPO_ROOT / ".env"))
-    merged.update({k: v for k, v in environ.items() if k in _SPEC})
+    # Every PIPELINE_* name, not only the foundation's: subsystems (extraction, stream operations) declare theirs.
+    merged.update({k: v for k, v in environ.items() if k.startswith("PIPELINE_")})
     return merged
 
 

@@ -52,8 +52,11 @@ def pg_connect(settings):
 
     opened = []
 
-    def connect(database: str | None = None, **kwargs):
-        connection = psycopg.connect(settings.pg_dsn(database or settings.pg_warehouse_db), **kwargs)
+    def connect(database: str | None = None, options: str = "", **kwargs):
+        # libpq takes one `options` value: keep the statement timeout the DSN carries when a test adds its own.
+        timeout = f"-c statement_timeout={settings.pg_statement_timeout_ms}"
+        connection = psycopg.connect(settings.pg_dsn(database or settings.pg_warehouse_db),
+                                     options=f"{timeout} {options}".strip(), **kwargs)
         opened.append(connection)
         return connection
 

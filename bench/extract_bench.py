@@ -1,0 +1,103 @@
+"""Rows per second from the Postgres source (Supabase stand-in) to Kafka through the real extraction.
+
+    .state/venv/bin/python bench/extract_bench.py [--rows 200000] [--page-size 1000]
+
+Fills a uuid-named schema of the stand-in with demo leads, runs one full extraction of them into a uuid-named
+topic (warehouse state in a uuid-named schema), checks that the topic holds exactly that many messages, and
+drops everything it created. The figure counts the extraction only: reading, encoding, publishing with
+acks=all, waiting for every acknowledgement and committing the cursor after each page. The report also gives
+the process's CPU time per row and the machine's load average, since the box is shared: wall-clock rows/s
+depends on what else runs, CPU per row much less.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from include.entities import LEAD  # noqa: E402
+from include.extract.config import ExtractConfig  # noqa: E402
+from include.extract.demo_data import DemoSize, generate  # noqa: E402
+from include.extract.extractor import RunOptions  # noqa: E402
+from include.extract.service import Endpoints, connect_postgres, run_extraction  # noqa: E402
+from include.schema import apply_sql, quote_ident, source_ddl, warehouse_ddl  # noqa: E402
+from include.settings import load_settings  # noqa: E402
+
+
+def _topic_size(settings, topic: str) -> int:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, client_id="extract-bench")
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        return sum(consumer.end_offsets(partitions).values()) - sum(consumer.beginning_offsets(partitions).values())
+    finally:
+        consumer.close()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--page-size", type=int, default=ExtractConfig().page_size)
+    parser.add_argument("--pages-in-flight", type=int, default=RunOptions().pages_in_flight)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    settings = load_settings()
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="extract-bench")
+    source_admin = connect_postgres(settings, settings.pg_source_db)
+    warehouse_admin = connect_postgres(settings, settings.pg_warehouse_db)
+    source_admin.autocommit = warehouse_admin.autocommit = True
+    try:
+        admin.create_topics([NewTopic(name, num_partitions=settings.kafka_partitions, replication_factor=1)])
+        for connection in (source_admin, warehouse_admin):
+            connection.execute(f"CREATE SCHEMA {quote_ident(name)}")
+        with connect_postgres(settings, settings.pg_source_db) as connection:
+            apply_sql(connection, source_ddl(schema=name))
+            started = time.perf_counter()
+            generate(connection, DemoSize(args.rows, sessions_per_lead=0), schema=name, seed=1)
+            generate_s = time.perf_counter() - started
+        with connect_postgres(settings, settings.pg_warehouse_db, name) as connection:
+            apply_sql(connection, warehouse_ddl())
+        source_admin.execute(f"ANALYZE {quote_ident(name)}.{quote_ident(LEAD.source_table)}")
+
+        options = RunOptions(page_size=args.page_size, pages_in_flight=args.pages_in_flight)
+        load_before = os.getloadavg()[0]
+        wall, cpu = time.perf_counter(), time.process_time()
+        [result] = run_extraction([LEAD.name], options, config=ExtractConfig(source="postgres"),
+                                  endpoints=Endpoints(source_schema=name, warehouse_schema=name, topic=name))
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+
+        on_topic = _topic_size(settings, name)
+        if result.records.published != args.rows or on_topic != args.rows:
+            raise SystemExit(f"published {result.records.published}, topic holds {on_topic}, expected {args.rows}")
+        report = {
+            "rows": args.rows, "page_size": args.page_size, "pages_in_flight": args.pages_in_flight,
+            "pages": result.records.pages, "extract_seconds": round(wall, 2),
+            "rows_per_second": round(args.rows / wall), "extract_cpu_seconds": round(cpu, 2),
+            "cpu_us_per_row": round(cpu / args.rows * 1e6, 1), "load_average_1min": [load_before, os.getloadavg()[0]],
+            "generate_rows_per_second": round(args.rows / generate_s),
+        }
+        print(json.dumps(report))
+        return report
+    finally:
+        for connection in (source_admin, warehouse_admin):
+            connection.execute(f"DROP SCHEMA IF EXISTS {quote_ident(name)} CASCADE")
+            connection.close()
+        admin.delete_topics([name])
+        admin.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Settings of the extraction, read like every other setting (environment, then `.env`, then defaults).
+
+| name                               | default        | meaning                                          |
+|------------------------------------|----------------|--------------------------------------------------|
+| PIPELINE_EXTRACT_SOURCE            | postgres       | `postgres` (direct) or `rest` (Supabase REST API) |
+| PIPELINE_EXTRACT_PAGE_SIZE         | 1000           | rows per page (at most 1000 for `rest`)          |
+| PIPELINE_EXTRACT_LOOKBACK_SECONDS  | 300            | window re-read before the cursor on every run     |
+| PIPELINE_EXTRACT_SCHEDULE          | */10 * * * *   | the DAG's schedule (process environment only)     |
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+from include.extract.extractor import DEFAULT_LOOKBACK, DEFAULT_PAGE_SIZE, RunOptions
+from include.settings import _SPEC, SettingsError, raw_values
+
+PREFIX = "PIPELINE_EXTRACT_"
+SOURCES = ("postgres", "rest")
+DEFAULT_SCHEDULE = "*/10 * * * *"
+SCHEDULE_SETTING = "PIPELINE_EXTRACT_SCHEDULE"
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    source: str = "postgres"
+    page_size: int = DEFAULT_PAGE_SIZE
+    lookback: dt.timedelta = DEFAULT_LOOKBACK
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise SettingsError(f"PIPELINE_EXTRACT_SOURCE={self.source!r} is not one of {SOURCES}")
+        if self.page_size < 1:
+            raise SettingsError(f"PIPELINE_EXTRACT_PAGE_SIZE={self.page_size} must be positive")
+        if self.lookback < dt.timedelta(0):
+            raise SettingsError(f"PIPELINE_EXTRACT_LOOKBACK_SECONDS={self.lookback} must not be negative")
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None) -> ExtractConfig:
+        environ = os.environ if environ is None else environ
+        # raw_values layers the settings files under the environment for the foundation's names only.
+        values = raw_values(dict(environ)) | {k: v for k, v in environ.items() if k.startswith(PREFIX)}
+        defaults = cls()
+        return cls(
+            source=values.get("PIPELINE_EXTRACT_SOURCE") or defaults.source,
+            page_size=_integer(values, "PIPELINE_EXTRACT_PAGE_SIZE", defaults.page_size),
+            lookback=dt.timedelta(seconds=_integer(values, "PIPELINE_EXTRACT_LOOKBACK_SECONDS",
+                                                   int(defaults.lookback.total_seconds()))),
+        )
+
+    def run_options(self, from_timestamp: dt.datetime | None = None, lookback: dt.timedelta | None = None,
+                    max_rows: int | None = None) -> RunOptions:
+        return RunOptions(page_size=self.page_size, lookback=self.lookback if lookback is None else lookback,
+                          from_timestamp=from_timestamp, max_rows=max_rows)
+
+
+def parse_from_timestamp(value: str | None) -> dt.datetime | None:
+    """The backfill param: an ISO-8601 time with a UTC offset, or empty for an incremental run."""
+    if not value:
+        return None
+    moment = dt.datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        raise ValueError(f"from_timestamp {value!r} needs a UTC offset, e.g. 2025-01-31T00:00:00+00:00")
+    return moment
+
+
+def _integer(values: Mapping[str, str], name: str, default: int) -> int:
+    raw = values.get(name)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid int") from None
+
+
+def schedule_from_environ(environ: Mapping[str, str] = os.environ) -> str:
+    """The DAG's schedule. Read at parse time, so from the process environment only."""
+    return environ.get(SCHEDULE_SETTING) or DEFAULT_SCHEDULE
+
+
+def topic_asset_uri(environ: Mapping[str, str] | None = None) -> str:
+    """`kafka://host:port/topic` for the Airflow Asset of the events topic, the apache-kafka provider's form.
+
+    DAG files call this at parse time: it reads the environment and the settings files, never a connection;
+    unset names take the settings' defaults (the strict `load_settings` would fail a DAG import on a machine
+    whose stack secrets are not generated yet)."""
+    values = raw_values(None if environ is None else dict(environ))
+
+    def value(name: str) -> str:
+        return values.get(name) or _SPEC[name][0]
+
+    return f"kafka://{value('PIPELINE_KAFKA_HOST')}:{value('PIPELINE_KAFKA_PORT')}/{value('PIPELINE_KAFKA_TOPIC')}"

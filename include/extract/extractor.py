@@ -1,0 +1,227 @@
+"""The incremental extraction of one entity: keyset pages from the source to Kafka, cursor after the acks.
+
+Per entity there are two streams, each with its own cursor in `extract_cursors`: the records themselves
+(cursor name = entity name) and the captured deletions, published as tombstones (`<entity>:deleted`).
+For each page:
+
+1. read up to `page_size` rows strictly after the current position, in (version, key) order;
+2. encode each row with the message contract; a row without a required field (its key, its version), or
+   with a value the contract cannot serialise, becomes a dead letter instead and the page goes on;
+3. hand the page to the producer; while the broker acknowledges it, the next pages are read and sent
+   (at most `pages_in_flight` unsettled);
+4. settle pages oldest first: wait until the broker acknowledged every message of the page (else raise, and
+   nothing below runs), then in one warehouse transaction store its dead letters and move the cursor to its
+   last row.
+
+A process killed anywhere in this loop has moved the cursor only past acknowledged pages; the rerun sends
+the unfinished page again (at-least-once; downstream upserts by key and version, so a repeat is harmless).
+
+Each run starts `lookback` before the stored cursor, because `updated_at` is set when a row is written but
+the row becomes visible only when its transaction commits: a row committed after a run read past its
+`updated_at` is found by the next run if it committed within the lookback window. A backfill starts at a
+given time instead and moves the cursor only if it passes the stored one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Callable
+
+from include.contract import UnserialisableValue, encode, message_key, now_utc, record_message, tombstone_message
+from include.entities import Entity
+from include.extract.sources import AFTER_ALL_KEYS, POSTGREST_MAX_ROWS, Position, Source
+from include.extract.state import DeadLetter, ExtractState
+
+if TYPE_CHECKING:
+    # Only for annotations: DAG files import this module at parse time and must not load the Kafka client.
+    from include.extract.publisher import InFlight, KafkaPublisher
+
+log = logging.getLogger(__name__)
+
+DELETIONS_SUFFIX = ":deleted"
+# One page size for both adapters: the largest the REST API returns untruncated.
+DEFAULT_PAGE_SIZE = POSTGREST_MAX_ROWS
+DEFAULT_LOOKBACK = dt.timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    page_size: int = DEFAULT_PAGE_SIZE
+    lookback: dt.timedelta = DEFAULT_LOOKBACK
+    # Replay every row whose version is >= this time, instead of starting from the stored cursor.
+    from_timestamp: dt.datetime | None = None
+    # Stop each stream after reading this many rows (the parity function's `limit`); None reads to the end.
+    max_rows: int | None = None
+    # Pages sent but not yet acknowledged before the run waits for the oldest (bounds memory and re-sends).
+    pages_in_flight: int = 4
+
+    def __post_init__(self):
+        if self.page_size < 1:
+            raise ValueError(f"page_size must be positive, got {self.page_size}")
+        if self.lookback < dt.timedelta(0):
+            raise ValueError(f"lookback must not be negative, got {self.lookback}")
+        if self.from_timestamp is not None and self.from_timestamp.tzinfo is None:
+            raise ValueError(f"from_timestamp needs a time zone: {self.from_timestamp!r}")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ValueError(f"max_rows must be positive, got {self.max_rows}")
+        if self.pages_in_flight < 1:
+            raise ValueError(f"pages_in_flight must be positive, got {self.pages_in_flight}")
+
+
+@dataclass
+class StreamResult:
+    cursor_name: str
+    start: Position | None
+    pages: int = 0
+    rows_read: int = 0
+    published: int = 0
+    dead_letters: int = 0
+    # The stored cursor when the run ended (it does not move backwards, so it may be past `start`'s window).
+    cursor: Position | None = None
+
+
+@dataclass
+class EntityResult:
+    entity: str
+    records: StreamResult
+    deletions: StreamResult
+
+    def as_dict(self) -> dict:
+        """Plain JSON types (for XCom and the command line), times in ISO-8601."""
+        return json.loads(json.dumps(asdict(self), default=dt.datetime.isoformat))
+
+
+@dataclass(frozen=True)
+class _Stream:
+    cursor_name: str
+    read: Callable[[Entity, Position | None, int], list[dict]]
+    to_message: Callable[[Entity, dict, dt.datetime], dict]
+
+
+def start_position(stored: Position | None, options: RunOptions) -> Position | None:
+    """Where a run starts reading: the backfill time, else the stored cursor minus the lookback window."""
+    if options.from_timestamp is not None:
+        return Position.at_or_after(options.from_timestamp)
+    if stored is None:
+        return None
+    if not options.lookback:
+        return stored
+    return Position(stored.version - options.lookback, AFTER_ALL_KEYS)
+
+
+def last_position(entity: Entity, rows: list[dict]) -> Position | None:
+    """The keyset position after the page: its last row that has a version.
+
+    A row without a key sorts after every keyed row of its version (NULLS LAST), so the position after it is
+    past its whole version. Rows without a version sort after everything and are never returned by a keyset
+    query again; a page made only of them has no position (None).
+    """
+    for row in reversed(rows):
+        version = row.get(entity.version_column)
+        if version is not None:
+            key = row.get(entity.key)
+            return Position(version, AFTER_ALL_KEYS if key is None else key)
+    return None
+
+
+def _raw_payload(row: dict) -> str:
+    # Best effort on purpose: the dead letter must hold the row even when the row is what cannot be encoded.
+    return json.dumps(row, default=str, ensure_ascii=False)
+
+
+def encode_page(entity: Entity, rows: list[dict], to_message, processado_em: dt.datetime
+                ) -> tuple[list[tuple[bytes, bytes]], list[DeadLetter]]:
+    """(key, value) pairs for the good rows, dead letters for the rest, in one pass."""
+    messages, rejects = [], []
+    required = entity.required_fields  # a property that walks the registry: once per page, not per row
+    for row in rows:
+        missing = [name for name in required if row.get(name) is None]
+        if missing:
+            rejects.append(DeadLetter(entity.name, f"missing {', '.join(missing)}", _raw_payload(row)))
+            continue
+        try:
+            message = to_message(entity, row, processado_em)
+            messages.append((message_key(entity, message), encode(message)))
+        except UnserialisableValue as error:
+            rejects.append(DeadLetter(entity.name, f"unserialisable value: {error}", _raw_payload(row)))
+    return messages, rejects
+
+
+def _tombstone(entity: Entity, row: dict, processado_em: dt.datetime) -> dict:
+    return tombstone_message(entity, row[entity.key], row[entity.version_column], processado_em)
+
+
+@dataclass
+class _Page:
+    in_flight: InFlight
+    position: Position | None
+    rows: int
+    dead_letters: list[DeadLetter]
+
+
+def _drain(entity: Entity, stream: _Stream, state: ExtractState, publisher: KafkaPublisher,
+           options: RunOptions) -> StreamResult:
+    stored = state.cursor(stream.cursor_name)
+    after = start_position(stored, options)
+    result = StreamResult(stream.cursor_name, start=after, cursor=stored)
+    log.info("%s: reading after %s (stored cursor %s)", stream.cursor_name, after, stored)
+
+    def settle(page: _Page) -> None:
+        # The cursor moves only here: after every message of the page, and of each page before it, is acked.
+        published = page.in_flight.wait()
+        state.commit_page(stream.cursor_name, page.position, page.dead_letters)
+        result.pages += 1
+        result.rows_read += page.rows
+        result.published += published
+        result.dead_letters += len(page.dead_letters)
+        if page.dead_letters:
+            log.warning("%s: %s rows of page %s went to dead_letters (first: %s)", stream.cursor_name,
+                        len(page.dead_letters), result.pages, page.dead_letters[0].reason)
+
+    # Pages handed to the producer but not settled yet, oldest first: the next page is read and encoded while
+    # the broker acknowledges the previous ones.
+    pending: deque[_Page] = deque()
+    read = 0
+    while options.max_rows is None or read < options.max_rows:
+        limit = options.page_size if options.max_rows is None else min(options.page_size, options.max_rows - read)
+        rows = stream.read(entity, after, limit)
+        if not rows:
+            break
+        read += len(rows)
+        messages, dead_letters = encode_page(entity, rows, stream.to_message, now_utc())
+        position = last_position(entity, rows)
+        pending.append(_Page(publisher.send(messages), position, len(rows), dead_letters))
+        while pending and (len(pending) > options.pages_in_flight or pending[0].in_flight.done):
+            settle(pending.popleft())
+        if position is None:
+            log.warning("%s: a page without any versioned row ends the run; its rows are in dead_letters",
+                        stream.cursor_name)
+            break
+        after = position
+        # The source returns `limit` rows whenever that many remain, so a short page is the last one.
+        if len(rows) < limit:
+            break
+    publisher.flush()
+    while pending:
+        settle(pending.popleft())
+    result.cursor = state.cursor(stream.cursor_name)
+    log.info("%s: %s pages, %s rows read, %s published, %s dead letters; cursor now %s", stream.cursor_name,
+             result.pages, result.rows_read, result.published, result.dead_letters, result.cursor)
+    return result
+
+
+def extract_entity(entity: Entity, source: Source, state: ExtractState, publisher: KafkaPublisher,
+                   options: RunOptions = RunOptions()) -> EntityResult:
+    """Publish the entity's changed rows, then tombstones for its deletions, each under its own cursor."""
+    if entity.source_table is None:
+        raise ValueError(f"entity {entity.name!r} has no source table to extract from")
+    if source.max_page_size is not None and options.page_size > source.max_page_size:
+        raise ValueError(f"page size {options.page_size} exceeds the source's cap of {source.max_page_size} rows")
+    records = _drain(entity, _Stream(entity.name, source.read_changes, record_message), state, publisher, options)
+    deletions = _drain(entity, _Stream(entity.name + DELETIONS_SUFFIX, source.read_deletions, _tombstone),
+                       state, publisher, options)
+    return EntityResult(entity.name, records, deletions)

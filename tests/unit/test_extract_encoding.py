@@ -1,0 +1,108 @@
+"""Serialisation of source rows into messages, and the extraction's settings."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import uuid
+
+import pytest
+
+from include.contract import record_message
+from include.entities import CHAT_SESSION, LEAD
+from include.extract.config import ExtractConfig, parse_from_timestamp, schedule_from_environ, topic_asset_uri
+from include.extract.extractor import encode_page
+from include.settings import SettingsError
+
+NOW = dt.datetime(2025, 3, 1, 12, 30, 15, 250000, tzinfo=dt.timezone.utc)
+
+
+def full_lead() -> dict:
+    return {
+        "id": uuid.UUID("3f2c1b0a-9e8d-4c7b-a6f5-e4d3c2b1a098"),
+        "nome": "Antônio Conceição", "email": "antonio.conceicao7@uol.com.br", "telefone": "+55 (98) 98765-4321",
+        "nome_empresa": "Padaria Pão de Açúcar ME", "nome_projeto": None,
+        "localizacao": {"cidade": "São Luís", "estado": "MA", "lat": -2.53},
+        "interesse": ["terreno", "uso do FGTS"], "score_qualificacao": 87, "status_lead": "negociação",
+        "origem": "indicação", "utm_source": "google", "utm_medium": "cpc", "utm_campaign": "verao_litoral",
+        "created_at": NOW - dt.timedelta(days=2), "updated_at": NOW,
+        "last_interaction_at": NOW.astimezone(dt.timezone(dt.timedelta(hours=-3))),
+    }
+
+
+def test_a_row_becomes_its_registry_fields_plus_the_envelope():
+    [(key, value)], dead = encode_page(LEAD, [full_lead()], record_message, NOW)
+
+    message = json.loads(value.decode("utf-8"))
+    assert dead == [] and key == b"3f2c1b0a-9e8d-4c7b-a6f5-e4d3c2b1a098"
+    assert list(message) == [*LEAD.field_names, "tipo_evento", "processado_em"]
+    assert message["nome"] == "Antônio Conceição" and "Ant\\u00f4nio" not in value.decode("utf-8")
+    assert message["localizacao"] == {"cidade": "São Luís", "estado": "MA", "lat": -2.53}
+    assert message["interesse"] == ["terreno", "uso do FGTS"]
+    assert message["updated_at"] == "2025-03-01T12:30:15.250000+00:00"
+    assert message["last_interaction_at"] == "2025-03-01T09:30:15.250000-03:00"
+    assert message["tipo_evento"] == "lead" and message["processado_em"] == NOW.isoformat()
+
+
+def test_columns_outside_the_registry_are_not_published():
+    row = full_lead() | {"internal_notes": "não publicar"}
+    [(_, value)], _ = encode_page(LEAD, [row], record_message, NOW)
+    assert "internal_notes" not in json.loads(value)
+
+
+@pytest.mark.parametrize("field, value, reason", [
+    ("id", None, "missing id"),
+    ("updated_at", None, "missing updated_at"),
+    ("created_at", dt.datetime(2025, 1, 1), "unserialisable value: timestamp without time zone"),
+    ("score_qualificacao", decimal.Decimal("NaN"), "unserialisable value: non-finite number"),
+    ("localizacao", {"lat": float("inf")}, "unserialisable value: Out of range float values"),
+    ("nome", b"\x00bytes", "unserialisable value: bytes is not JSON serialisable"),
+])
+def test_bad_rows_are_dead_letters_with_reason_and_raw_payload(field, value, reason):
+    bad = full_lead() | {field: value}
+    good = full_lead() | {"id": uuid.uuid4()}
+
+    messages, [dead] = encode_page(LEAD, [bad, good], record_message, NOW)
+
+    assert [key for key, _ in messages] == [str(good["id"]).encode()]
+    assert dead.entity == "lead" and dead.reason.startswith(reason)
+    payload = json.loads(dead.raw_payload)
+    assert payload["email"] == bad["email"] and payload["id"] == (bad["id"] and str(bad["id"]))
+
+
+def test_chat_sessions_serialise_booleans_and_arrays():
+    row = {name: None for name in CHAT_SESSION.field_names} | {
+        "id": uuid.uuid4(), "lead_id": uuid.uuid4(), "is_active": False, "pages_visited": ["/", "/contato"],
+        "total_messages": 12, "updated_at": NOW}
+    [(_, value)], _ = encode_page(CHAT_SESSION, [row], record_message, NOW)
+    message = json.loads(value)
+    assert message["is_active"] is False and message["pages_visited"] == ["/", "/contato"]
+    assert message["lead_id"] == str(row["lead_id"]) and message["tipo_evento"] == "chat_session"
+
+
+def test_config_from_settings_and_its_validation():
+    config = ExtractConfig.load({"PIPELINE_EXTRACT_SOURCE": "rest", "PIPELINE_EXTRACT_PAGE_SIZE": "500",
+                                 "PIPELINE_EXTRACT_LOOKBACK_SECONDS": "90"})
+    assert config == ExtractConfig("rest", 500, dt.timedelta(seconds=90))
+    options = config.run_options(from_timestamp=NOW, max_rows=7)
+    assert (options.page_size, options.lookback, options.from_timestamp, options.max_rows) == (
+        500, dt.timedelta(seconds=90), NOW, 7)
+    with pytest.raises(SettingsError, match="PIPELINE_EXTRACT_SOURCE"):
+        ExtractConfig.load({"PIPELINE_EXTRACT_SOURCE": "graphql"})
+    with pytest.raises(SettingsError, match="PIPELINE_EXTRACT_PAGE_SIZE='many'"):
+        ExtractConfig.load({"PIPELINE_EXTRACT_PAGE_SIZE": "many"})
+
+
+def test_schedule_and_asset_come_from_the_environment():
+    assert schedule_from_environ({}) == "*/10 * * * *"
+    assert schedule_from_environ({"PIPELINE_EXTRACT_SCHEDULE": "@hourly"}) == "@hourly"
+    assert topic_asset_uri({"PIPELINE_KAFKA_HOST": "kafka.internal", "PIPELINE_KAFKA_PORT": "9092",
+                            "PIPELINE_KAFKA_TOPIC": "eventos_test"}) == "kafka://kafka.internal:9092/eventos_test"
+
+
+def test_backfill_timestamp_needs_an_offset():
+    assert parse_from_timestamp("") is None
+    assert parse_from_timestamp("2025-03-01T09:30:00-03:00") == dt.datetime(2025, 3, 1, 12, 30, tzinfo=dt.timezone.utc)
+    with pytest.raises(ValueError, match="needs a UTC offset"):
+        parse_from_timestamp("2025-03-01T09:30:00")
