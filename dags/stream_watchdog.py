@@ -1,0 +1,66 @@
+"""
+### stream_watchdog
+
+Checks the streaming job every `PIPELINE_WATCHDOG_INTERVAL_MINUTES` (default 5; read from the scheduler's
+environment) and brings it back when it is stuck.
+
+1. `assess` observes the driver lock (is a driver alive, since when), the heartbeat table and the checkpoint's
+   commit log (when did a batch last complete) and Kafka's end offsets against the committed offsets, and
+   classifies the job with the pure `classify_job_health`: **healthy**, **lagging** (alive, progressing, behind by
+   more than `PIPELINE_WATCHDOG_MAX_LAG`), **stalled** (alive, messages waiting and no batch completed for
+   `PIPELINE_WATCHDOG_STALL_SECONDS`) or **dead** (no driver holds the checkpoint lock). An idle query reports
+   nothing in Spark 4, so silence without waiting messages is healthy.
+2. `recover`, for stalled or dead: judges again, records a restart request, kills what is left of the driver
+   (its whole session, with SIGKILL: a stalled driver's batch is lost either way and a hung JVM may never honour
+   SIGTERM), and waits up to `PIPELINE_WATCHDOG_RECOVERY_SECONDS` for the supervisor's new driver to be healthy.
+   A forced restart counts as a failure.
+3. `check_failures` (runs whatever `recover` did) fails the run when the driver failed
+   `PIPELINE_SUPERVISOR_MAX_FAILURES` times within `PIPELINE_SUPERVISOR_FAILURE_WINDOW_MINUTES` (crashes and forced
+   restarts), naming the causes read from the driver logs, the latest first, and the log file. The supervisor
+   gives up at the same limit counting crashes only, so a flapping job both stops being resubmitted and alerts.
+
+The watchdog never submits a driver itself: `stream_supervisor` owns the driver, so there is one owner and the
+driver lock is never contended. If no supervisor runs, `recover` fails saying so.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import TriggerRule, dag, task
+
+from include.orchestration.assets import sink_assets
+from include.orchestration.config import watchdog_interval
+
+
+@dag(
+    schedule=watchdog_interval(),
+    max_active_runs=1,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    doc_md=__doc__,
+    tags=["streaming", "watchdog", "monitoring"],
+    default_args={"owner": "data-platform", "retries": 2, "retry_delay": pendulum.duration(seconds=20)},
+)
+def stream_watchdog():
+    @task(inlets=sink_assets())
+    def assess() -> dict:
+        from include.orchestration.tasks import watchdog_assess
+
+        return watchdog_assess()
+
+    @task
+    def recover(assessment: dict) -> dict:
+        from include.orchestration.tasks import watchdog_recover
+
+        return watchdog_recover(assessment)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def check_failures() -> dict:
+        from include.orchestration.tasks import watchdog_check_failures
+
+        return watchdog_check_failures()
+
+    recover(assess()) >> check_failures()
+
+
+stream_watchdog()

@@ -1,0 +1,151 @@
+"""The data-quality verdict: a pure function over per-entity counts and thresholds from configuration.
+
+Per entity: Postgres rows against Elasticsearch documents (the two sinks of one stream must agree), against the
+source rows where there is a source (Supabase), and dead letters in the window; for the query: heartbeat
+freshness and Kafka lag. Gaps are allowed up to a percentage of the larger count, rounded down, so on small
+tables any gap fails. A heartbeat is written per batch and Spark 4 reports nothing while a query is idle, so an
+old heartbeat fails the check only while messages are waiting; a query that never reported fails it always.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import ClassVar, Mapping
+
+from include.orchestration.config import read_setting, setting_values
+from include.settings import SettingsError
+
+
+@dataclass(frozen=True)
+class EntityCounts:
+    entity: str
+    postgres_rows: int
+    es_docs: int
+    # None for entities without a source table (events arrive on Kafka directly)
+    source_rows: int | None
+    dead_letters: int
+
+
+@dataclass(frozen=True)
+class QualityCounts:
+    entities: tuple[EntityCounts, ...]
+    # dead letters not attributable to an entity (unparseable JSON, unknown tipo_evento)
+    unattributed_dead_letters: int
+    heartbeat_age_seconds: float | None
+    kafka_lag: int | None
+
+
+@dataclass(frozen=True)
+class QualityThresholds:
+    max_sink_gap_pct: float = 0.1
+    max_source_gap_pct: float = 1.0
+    max_dead_letters: int = 100
+    window_minutes: int = 60
+    max_heartbeat_age_seconds: float = 300.0
+    max_kafka_lag: int = 10_000
+
+    # setting name -> field
+    SETTINGS: ClassVar[dict[str, str]] = {
+        "PIPELINE_DQ_MAX_SINK_GAP_PCT": "max_sink_gap_pct",
+        "PIPELINE_DQ_MAX_SOURCE_GAP_PCT": "max_source_gap_pct",
+        "PIPELINE_DQ_MAX_DEAD_LETTERS": "max_dead_letters",
+        "PIPELINE_DQ_WINDOW_MINUTES": "window_minutes",
+        "PIPELINE_DQ_MAX_HEARTBEAT_AGE_SECONDS": "max_heartbeat_age_seconds",
+        "PIPELINE_DQ_MAX_KAFKA_LAG": "max_kafka_lag",
+    }
+
+    def __post_init__(self):
+        for name, field_name in self.SETTINGS.items():
+            if getattr(self, field_name) < 0:
+                raise SettingsError(f"{name}={getattr(self, field_name)} must not be negative")
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides) -> QualityThresholds:
+        """From the settings (environment, `.env`), then explicit overrides (e.g. a sensor's arguments)."""
+        values = setting_values(environ)
+        defaults = cls()
+        loaded = {field_name: read_setting(values, name, getattr(defaults, field_name), minimum=None)
+                  for name, field_name in cls.SETTINGS.items()}
+        loaded.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**loaded)
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    passed: bool
+    reasons: tuple[str, ...]
+    table: str
+    counts: QualityCounts
+    thresholds: QualityThresholds
+
+    @property
+    def summary(self) -> str:
+        if self.passed:
+            return "data quality PASSED"
+        return "data quality FAILED: " + "; ".join(self.reasons)
+
+    def as_dict(self) -> dict:
+        return {"passed": self.passed, "reasons": list(self.reasons), "table": self.table,
+                "counts": asdict(self.counts), "thresholds": asdict(self.thresholds)}
+
+
+def _allowed_gap(pct: float, *counts: int) -> int:
+    return math.floor(pct / 100 * max(counts))
+
+
+def _entity_problems(row: EntityCounts, t: QualityThresholds) -> list[str]:
+    problems = []
+    gap = abs(row.postgres_rows - row.es_docs)
+    if gap > _allowed_gap(t.max_sink_gap_pct, row.postgres_rows, row.es_docs):
+        problems.append(f"{row.entity}: Postgres has {row.postgres_rows} rows but Elasticsearch {row.es_docs} "
+                        f"documents (gap {gap} > {t.max_sink_gap_pct}%)")
+    if row.source_rows is not None:
+        gap = abs(row.source_rows - row.postgres_rows)
+        if gap > _allowed_gap(t.max_source_gap_pct, row.source_rows, row.postgres_rows):
+            problems.append(f"{row.entity}: source has {row.source_rows} rows but Postgres {row.postgres_rows} "
+                            f"(gap {gap} > {t.max_source_gap_pct}%)")
+    return problems
+
+
+def _table(counts: QualityCounts, flagged: set[str]) -> str:
+    header = ("entity", "source", "postgres", "elasticsearch", "dead letters", "status")
+    rows = [header] + [
+        (r.entity, "-" if r.source_rows is None else str(r.source_rows), str(r.postgres_rows), str(r.es_docs),
+         str(r.dead_letters), "FAIL" if r.entity in flagged else "ok")
+        for r in counts.entities
+    ]
+    rows.append(("(unattributed)", "-", "-", "-", str(counts.unattributed_dead_letters), ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    age = counts.heartbeat_age_seconds
+    lines.append(f"heartbeat age: {'none recorded' if age is None else f'{age:.0f} s'}; "
+                 f"kafka lag: {'unknown' if counts.kafka_lag is None else counts.kafka_lag}")
+    return "\n".join(lines)
+
+
+def evaluate_quality(counts: QualityCounts, thresholds: QualityThresholds) -> QualityReport:
+    reasons: list[str] = []
+    flagged: set[str] = set()
+    for row in counts.entities:
+        problems = _entity_problems(row, thresholds)
+        if problems:
+            flagged.add(row.entity)
+            reasons.extend(problems)
+    dead = sum(r.dead_letters for r in counts.entities) + counts.unattributed_dead_letters
+    if dead > thresholds.max_dead_letters:
+        reasons.append(f"{dead} dead letters in the last {thresholds.window_minutes} min "
+                       f"(more than {thresholds.max_dead_letters})")
+    age = counts.heartbeat_age_seconds
+    if age is None:
+        reasons.append("no heartbeat recorded for the streaming query")
+    elif age > thresholds.max_heartbeat_age_seconds and (counts.kafka_lag or 0) > 0:
+        reasons.append(f"last heartbeat {age:.0f} s ago (more than {thresholds.max_heartbeat_age_seconds:.0f} s) "
+                       f"while {counts.kafka_lag} messages wait")
+    if counts.kafka_lag is None:
+        reasons.append("Kafka lag unknown: the query has not committed a batch")
+    elif counts.kafka_lag > thresholds.max_kafka_lag:
+        reasons.append(f"Kafka lag {counts.kafka_lag} (more than {thresholds.max_kafka_lag})")
+    return QualityReport(not reasons, tuple(reasons), _table(counts, flagged), counts, thresholds)

@@ -1,0 +1,53 @@
+"""The pipeline's status in one call: streaming job health, Kafka lag, rows per table against documents per index
+against source rows, dead letters, and the data-quality verdict. Used by the MCP server and the demo report.
+
+It reads the same observations and the same pure verdict functions as the watchdog and the DQ sensor, through
+connections built from the settings rather than Airflow connections, so it runs anywhere the stack runs.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, closing
+
+
+def pipeline_status() -> dict:
+    import psycopg
+    from elasticsearch import Elasticsearch
+
+    from include.orchestration.config import StreamOpsConfig
+    from include.orchestration.health import classify_job_health
+    from include.orchestration.observe import gather_quality_counts, observe_job
+    from include.orchestration.quality import QualityThresholds, evaluate_quality
+
+    config = StreamOpsConfig.load()
+    settings = config.settings
+    thresholds = QualityThresholds.load()
+    with ExitStack() as stack:
+        warehouse = stack.enter_context(psycopg.connect(settings.pg_dsn(settings.pg_warehouse_db)))
+        source = stack.enter_context(psycopg.connect(settings.pg_dsn(settings.pg_source_db)))
+        es = stack.enter_context(closing(Elasticsearch(settings.es_url, request_timeout=30)))
+        counts = gather_quality_counts(
+            warehouse=warehouse, source=source, es=es, bootstrap=settings.kafka_bootstrap,
+            topic=settings.kafka_topic, checkpoint=config.checkpoint, query_name=config.query_name,
+            window_minutes=thresholds.window_minutes, warehouse_schema=config.pg_schema,
+            index_prefix=config.es_index_prefix, source_schema=config.source_schema)
+        health = classify_job_health(
+            observe_job(config.checkpoint, config.query_name, warehouse, settings.kafka_bootstrap,
+                        settings.kafka_topic, config.pg_schema), config.health)
+    report = evaluate_quality(counts, thresholds)
+    return {
+        "query_name": config.query_name,
+        "job_health": health.state.value,
+        "job_health_reason": health.reason,
+        "heartbeat_age_seconds": counts.heartbeat_age_seconds,
+        "kafka_lag": counts.kafka_lag,
+        "dead_letters": sum(row.dead_letters for row in counts.entities) + counts.unattributed_dead_letters,
+        "dq_passed": report.passed,
+        "dq_reasons": list(report.reasons),
+        "counts": [
+            {"entity": row.entity, "postgres_rows": row.postgres_rows, "es_docs": row.es_docs,
+             "source_rows": row.source_rows, "dead_letters": row.dead_letters}
+            for row in counts.entities
+        ],
+        "table": report.table,
+    }

@@ -1,0 +1,209 @@
+"""The streaming job: topic `eventos` -> validate and route -> Postgres and Elasticsearch, newest version wins.
+
+    python -m spark.streaming_job --checkpoint-root /var/lib/pipeline/checkpoints [options]
+    spark-submit spark/streaming_job.py --checkpoint-root /var/lib/pipeline/checkpoints [options]
+
+This module only wires the Kafka source, the transforms (spark/transforms.py) and the foreachBatch sink
+(spark/sinks/batch.py). A sink failure is not caught anywhere: the query fails, the process exits non-zero, the
+checkpoint keeps the failed batch uncommitted and the next start replays it.
+
+Triggers: `processing-time=<n> <unit>` runs until stopped; `available-now` processes what the topic holds at
+start (in batches of at most --max-offsets-per-trigger) and exits, for scheduled catch-up runs and tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script (spark-submit spark/streaming_job.py): import the repo's packages, not spark/'s modules.
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from include.entities import ENTITIES  # noqa: E402
+from include.settings import Settings, SettingsError, load_settings  # noqa: E402
+
+log = logging.getLogger("spark.streaming_job")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_QUERY_NAME = "eventos_to_warehouse"
+AVAILABLE_NOW = "available-now"
+PROCESSING_TIME = "processing-time="
+_INTERVAL = re.compile(r"^\d+\s*(milliseconds?|seconds?|minutes?|hours?)$")
+_QUERY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+class ConfigError(ValueError):
+    """A job argument is invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    checkpoint_root: Path
+    query_name: str = DEFAULT_QUERY_NAME
+    trigger: str = "processing-time=30 seconds"
+    max_offsets_per_trigger: int = 50_000
+    starting_offsets: str = "earliest"
+    topic: str | None = None  # None: the settings' topic (PIPELINE_KAFKA_TOPIC)
+    pg_schema: str | None = None
+    es_index_prefix: str = ""
+    max_payload_bytes: int = 256 * 1024
+    # Metadata of this many batches stays in the checkpoint: enough to rewind by hand after an incident, bounded
+    # so the folder does not grow without limit. The query keeps no state, so recovery needs only the last one.
+    min_batches_to_retain: int = 100
+    shuffle_partitions: int = 4
+
+    @property
+    def checkpoint_location(self) -> Path:
+        return self.checkpoint_root / self.query_name
+
+    def trigger_options(self) -> dict:
+        """Keyword arguments of DataStreamWriter.trigger."""
+        if self.trigger == AVAILABLE_NOW:
+            return {"availableNow": True}
+        return {"processingTime": self.trigger.removeprefix(PROCESSING_TIME).strip()}
+
+    def validate(self) -> "JobConfig":
+        if not str(self.checkpoint_root).strip():
+            raise ConfigError("--checkpoint-root is required")
+        if not _QUERY_NAME.match(self.query_name):
+            raise ConfigError(f"--query-name {self.query_name!r}: letters, digits, '_' and '-' only "
+                              "(it names the checkpoint folder)")
+        if self.trigger != AVAILABLE_NOW and not (
+            self.trigger.startswith(PROCESSING_TIME)
+            and _INTERVAL.match(self.trigger.removeprefix(PROCESSING_TIME).strip())
+        ):
+            raise ConfigError(f"--trigger {self.trigger!r}: expected '{AVAILABLE_NOW}' or "
+                              f"'{PROCESSING_TIME}<n> <milliseconds|seconds|minutes|hours>'")
+        for name in ("max_offsets_per_trigger", "max_payload_bytes", "min_batches_to_retain", "shuffle_partitions"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.starting_offsets not in ("earliest", "latest"):
+            try:
+                json.loads(self.starting_offsets)
+            except ValueError:
+                raise ConfigError(f"--starting-offsets {self.starting_offsets!r}: expected earliest, latest or "
+                                  "a JSON object of offsets per topic and partition") from None
+        if self.pg_schema:
+            from spark.sinks.postgres import check_schema_name
+
+            try:
+                check_schema_name(self.pg_schema)
+            except ValueError as error:
+                raise ConfigError(f"--pg-schema: {error}") from None
+        if self.es_index_prefix and self.es_index_prefix != self.es_index_prefix.lower():
+            raise ConfigError(f"--es-index-prefix {self.es_index_prefix!r}: index names must be lower case")
+        return self
+
+
+def parse_args(argv: list[str] | None = None) -> JobConfig:
+    defaults = JobConfig(checkpoint_root=Path())
+    parser = argparse.ArgumentParser(prog="streaming_job", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint-root", required=True, type=Path,
+                        help="folder of the query checkpoints (one subfolder per query name); no default on purpose")
+    parser.add_argument("--query-name", default=defaults.query_name)
+    parser.add_argument("--trigger", default=defaults.trigger,
+                        help=f"'{AVAILABLE_NOW}' or '{PROCESSING_TIME}<n> <unit>' (default: %(default)s)")
+    parser.add_argument("--max-offsets-per-trigger", type=int, default=defaults.max_offsets_per_trigger)
+    parser.add_argument("--starting-offsets", default=defaults.starting_offsets,
+                        help="where a new checkpoint starts: earliest, latest or JSON offsets (default: %(default)s)")
+    parser.add_argument("--topic", default=None, help="default: PIPELINE_KAFKA_TOPIC")
+    parser.add_argument("--pg-schema", default=None, help="warehouse schema to write (search_path); default: public")
+    parser.add_argument("--es-index-prefix", default=defaults.es_index_prefix,
+                        help="prefix of the Elasticsearch index names (<prefix>_<index>)")
+    parser.add_argument("--max-payload-bytes", type=int, default=defaults.max_payload_bytes,
+                        help="larger messages go to the dead-letter table (default: %(default)s)")
+    parser.add_argument("--min-batches-to-retain", type=int, default=defaults.min_batches_to_retain,
+                        help="spark.sql.streaming.minBatchesToRetain (default: %(default)s)")
+    parser.add_argument("--shuffle-partitions", type=int, default=defaults.shuffle_partitions,
+                        help="spark.sql.shuffle.partitions for the per-batch deduplication (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        return JobConfig(**vars(args)).validate()
+    except ConfigError as error:
+        parser.error(str(error))
+
+
+def build_query(spark, config: JobConfig, settings: Settings):
+    """Start the query: Kafka source -> validation -> MicroBatchSink, writing to both sinks."""
+    from spark.sinks.batch import MicroBatchSink
+    from spark.sinks.elastic import ElasticsearchSink
+    from spark.sinks.postgres import PostgresSink
+
+    from spark.transforms import with_validation
+
+    elastic = ElasticsearchSink(settings.es_url, index_prefix=config.es_index_prefix)
+    elastic.ensure_indices(ENTITIES)
+    sink = MicroBatchSink(PostgresSink(settings, config.pg_schema), elastic)
+    spark.conf.set("spark.sql.streaming.minBatchesToRetain", str(config.min_batches_to_retain))
+    source = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
+        .option("subscribe", config.topic or settings.kafka_topic)
+        .option("startingOffsets", config.starting_offsets)
+        .option("maxOffsetsPerTrigger", str(config.max_offsets_per_trigger))
+        # Offsets that vanished (retention) before being read stop the query instead of being skipped.
+        .option("failOnDataLoss", "true")
+        .load()
+    )
+    return (
+        # Stateless validation on the stream: analysed once here, and its generated code is reused every batch.
+        source.transform(with_validation(config.max_payload_bytes))
+        .writeStream.queryName(config.query_name)
+        .option("checkpointLocation", str(config.checkpoint_location))
+        .trigger(**config.trigger_options())
+        .foreachBatch(sink)
+        .start()
+    )
+
+
+def run(spark, config: JobConfig, settings: Settings) -> None:
+    """Run the query until it ends (available-now) or fails; a failure raises StreamingQueryException."""
+    from spark.heartbeat import HeartbeatListener
+    from spark.sinks.postgres import connect
+
+    listener = HeartbeatListener(lambda: connect(settings, config.pg_schema))
+    spark.streams.addListener(listener)
+    try:
+        query = build_query(spark, config, settings)
+        log.info("query %s running: trigger %s, checkpoint %s", config.query_name, config.trigger,
+                 config.checkpoint_location)
+        query.awaitTermination()
+        # Progress events reach listeners asynchronously: let the last batch's heartbeat land before returning.
+        spark.sparkContext._jsc.sc().listenerBus().waitUntilEmpty()
+    finally:
+        spark.streams.removeListener(listener)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    config = parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        log.error("bad setting: %s", error)
+        return 2
+    # Executors' Python workers import spark.sinks.*: give them this interpreter and the repo on their path.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+
+    from spark.session import build_session
+
+    spark = build_session(f"streaming_job:{config.query_name}", settings,
+                          extra_conf={"spark.sql.shuffle.partitions": str(config.shuffle_partitions)})
+    try:
+        run(spark, config, settings)
+    finally:
+        spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

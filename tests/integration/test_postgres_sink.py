@@ -1,0 +1,179 @@
+"""The Postgres sink on the real warehouse: staged, set-based, newest-wins, tombstones, dead letters, one transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from include.contract import tombstone_message
+from include.entities import CHAT_SESSION, ENTITIES, LEAD
+from include.schema import quote_ident, stage_table
+from spark import transforms as T
+from spark.sinks.batch import split_batch
+from spark.sinks.postgres import PostgresSink
+from tests.stream_support import T0, chat_message, evento_message, kafka_frame, lead_message
+
+MAX_BYTES = 64 * 1024
+HOUR = dt.timedelta(hours=1)
+
+
+@pytest.fixture(scope="module")
+def validation(spark):
+    return T.with_validation(MAX_BYTES)
+
+
+@pytest.fixture
+def sink(settings, pg_schema):
+    return PostgresSink(settings, pg_schema)
+
+
+@pytest.fixture
+def db(sink):
+    connection = sink.connect(autocommit=True)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def write(spark, sink, validation):
+    """Validate literal messages as one batch and write them through the sink."""
+    offsets = iter(range(0, 1_000_000, 1000))
+
+    def run(values, batch_id=0, start_offset=None):
+        batch = kafka_frame(spark, values, start_offset=next(offsets) if start_offset is None else start_offset)
+        checked = batch.transform(validation).cache()
+        try:
+            _, frames, dead_letters = split_batch(checked, batch_id)
+            return sink.write(frames, dead_letters)
+        finally:
+            checked.unpersist()
+
+    return run
+
+
+def snapshot(db, table: str) -> list[tuple]:
+    return db.execute(f"SELECT * FROM {quote_ident(table)} ORDER BY id").fetchall()
+
+
+def test_every_field_lands_intact(db, write):
+    lead, chat, evento = lead_message(), chat_message(), evento_message()
+    result = write([lead, chat, evento])
+    assert result.upserted == {"lead": 1, "chat_session": 1, "evento": 1}
+
+    row = db.execute("SELECT * FROM leads").fetchone()
+    columns = [c.name for c in db.execute("SELECT * FROM leads LIMIT 0").description]
+    stored = dict(zip(columns, row))
+    assert str(stored["id"]) == lead["id"]
+    for name in ("nome", "email", "telefone", "nome_empresa", "nome_projeto", "status_lead", "origem",
+                 "utm_source", "utm_medium", "utm_campaign", "interesse", "score_qualificacao", "localizacao"):
+        assert stored[name] == lead[name], name
+    for name in ("created_at", "updated_at", "last_interaction_at", "processado_em"):
+        assert stored[name] == lead[name], name  # same instant, whatever the offset it was written with
+    assert stored["updated_at"].utcoffset() is not None
+
+    chat_row = db.execute("SELECT pages_visited, perguntas_feitas, is_active, ended_at, intencao_detectada, "
+                          "lead_id::text FROM chat_sessions").fetchone()
+    assert chat_row == (["/", "/preços"], [], True, None, "compra à vista", chat["lead_id"])
+    evento_row = db.execute("SELECT evento, valor, occurred_at, payload FROM eventos_raw").fetchone()
+    assert evento_row[:3] == ("clique", 12.5, T0)
+    assert evento_row[3]["id"] == evento["id"] and evento_row[3]["valor"] == 12.5
+
+
+def test_replayed_and_older_batches_change_nothing_newer_ones_win(db, write):
+    ids = [lead_message()["id"] for _ in range(3)]
+    write([lead_message(id=i, updated_at=T0 + HOUR, nome="v1") for i in ids])
+    first = snapshot(db, "leads")
+
+    replay = write([lead_message(id=i, updated_at=T0 + HOUR, nome="v1") for i in ids])
+    assert snapshot(db, "leads") == first
+    assert replay.upserted == {"lead": 3}  # rewritten with identical values
+
+    older = write([lead_message(id=i, updated_at=T0, nome="v0") for i in ids])
+    assert older.upserted == {"lead": 0}
+    assert snapshot(db, "leads") == first
+
+    write([lead_message(id=ids[0], updated_at=T0 + 2 * HOUR, nome="v2")])
+    names = dict(db.execute("SELECT id::text, nome FROM leads").fetchall())
+    assert names == {ids[0]: "v2", ids[1]: "v1", ids[2]: "v1"}
+
+
+def test_tombstone_deletes_and_older_updates_cannot_resurrect(db, write):
+    record_id = lead_message()["id"]
+    write([lead_message(id=record_id, updated_at=T0 + HOUR)])
+    deleted = write([tombstone_message(LEAD, record_id, T0 + 2 * HOUR)])
+    assert deleted.deleted == {"lead": 1}
+    assert db.execute("SELECT count(*) FROM leads").fetchone()[0] == 0
+    assert db.execute("SELECT entity, id::text, deleted_at FROM deleted_records").fetchall() == [
+        ("lead", record_id, T0 + 2 * HOUR)]
+
+    for version in (T0 + HOUR, T0 + 2 * HOUR):  # older, and as old as the deletion
+        replayed = write([lead_message(id=record_id, updated_at=version)])
+        assert replayed.upserted == {"lead": 0}
+        assert replayed.suppressed == {"lead": [record_id]}
+        assert db.execute("SELECT count(*) FROM leads").fetchone()[0] == 0
+
+    # An older tombstone does not move the recorded deletion back.
+    write([tombstone_message(LEAD, record_id, T0)])
+    assert db.execute("SELECT deleted_at FROM deleted_records").fetchone()[0] == T0 + 2 * HOUR
+
+    recreated = write([lead_message(id=record_id, updated_at=T0 + 3 * HOUR, nome="de volta")])
+    assert recreated.upserted == {"lead": 1} and recreated.suppressed == {}
+    assert db.execute("SELECT nome FROM leads").fetchall() == [("de volta",)]
+
+
+def test_tombstone_older_than_the_row_keeps_it(db, write):
+    session_id = chat_message()["id"]
+    write([chat_message(id=session_id, updated_at=T0 + 2 * HOUR)])
+    result = write([tombstone_message(CHAT_SESSION, session_id, T0 + HOUR)])
+    assert result.deleted == {"chat_session": 0}
+    assert db.execute("SELECT count(*) FROM chat_sessions").fetchone()[0] == 1
+
+
+def test_dead_letters_land_once_per_offset(db, write):
+    bad = [dict(lead_message(), score_qualificacao="alto"), "{not json", dict(evento_message(), tipo_evento="x")]
+    values = [lead_message()] + bad
+    first = write(values, batch_id=3, start_offset=100)
+    assert first.dead_letters == 3
+    rows = db.execute("SELECT stage, entity, reason, topic, kafka_partition, kafka_offset, batch_id "
+                      "FROM dead_letters ORDER BY kafka_offset").fetchall()
+    assert rows == [
+        ("stream", "lead", "wrong_type: score_qualificacao", "eventos", 0, 101, 3),
+        ("stream", None, "invalid_json", "eventos", 0, 102, 3),
+        ("stream", None, "unknown_tipo_evento", "eventos", 0, 103, 3),
+    ]
+    raw = db.execute("SELECT raw_payload FROM dead_letters WHERE kafka_offset = 101").fetchone()[0]
+    assert json.loads(raw)["score_qualificacao"] == "alto"
+
+    replay = write(values, batch_id=4, start_offset=100)
+    assert replay.dead_letters == 0
+    assert db.execute("SELECT count(*) FROM dead_letters").fetchone()[0] == 3
+
+
+def test_staging_is_cleared_including_rows_of_dead_attempts(db, write):
+    stale = lead_message()
+    db.execute(f"INSERT INTO {quote_ident(stage_table('leads'))} (stage_token, deleted, id, updated_at, staged_at) "
+               "VALUES (gen_random_uuid(), false, %s, now(), now() - interval '2 hours')", [stale["id"]])
+    write([lead_message(), "nope"])
+    for table in [stage_table(e.table) for e in ENTITIES] + [stage_table("dead_letters")]:
+        assert db.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchone()[0] == 0, table
+    # The dead attempt's row was swept, never merged.
+    assert db.execute("SELECT count(*) FROM leads WHERE id = %s", [stale["id"]]).fetchone()[0] == 0
+
+
+def test_a_failing_merge_rolls_back_the_whole_batch(db, write):
+    db.execute("DROP TABLE eventos_raw")  # the last entity's merge will fail
+    with pytest.raises(Exception, match="eventos_raw"):
+        write([lead_message(), chat_message(), evento_message()])
+    assert db.execute("SELECT count(*) FROM leads").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM chat_sessions").fetchone()[0] == 0
+
+
+def test_every_session_carries_the_statement_timeout(spark, sink, settings):
+    check = (f"SELECT current_setting('statement_timeout')::interval = "
+             f"interval '{settings.pg_statement_timeout_ms} milliseconds' AS timeout_set, current_schema() AS schema")
+    with sink.connect() as connection:
+        assert connection.execute(check).fetchone() == (True, sink.schema)
+    row = spark.read.format("jdbc").options(**sink.jdbc_options()).option("query", check).load().collect()[0]
+    assert (row["timeout_set"], row["schema"]) == (True, sink.schema)

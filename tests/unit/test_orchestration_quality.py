@@ -1,0 +1,102 @@
+"""evaluate_quality: the verdict, its reasons and the table, for each threshold; thresholds from configuration."""
+
+from __future__ import annotations
+
+import pytest
+
+from include.orchestration.quality import EntityCounts, QualityCounts, QualityThresholds, evaluate_quality
+from include.settings import SettingsError
+
+THRESHOLDS = QualityThresholds(max_sink_gap_pct=1.0, max_source_gap_pct=5.0, max_dead_letters=10,
+                               window_minutes=60, max_heartbeat_age_seconds=120, max_kafka_lag=100)
+
+
+def counts(lead=(100, 100, 100, 0), chat=(50, 50, 50, 0), evento=(20, 20, None, 0), unattributed=0,
+           heartbeat_age=15.0, lag=0) -> QualityCounts:
+    rows = tuple(EntityCounts(name, pg, es, source, dead) for name, (pg, es, source, dead)
+                 in (("lead", lead), ("chat_session", chat), ("evento", evento)))
+    return QualityCounts(rows, unattributed, heartbeat_age, lag)
+
+
+def test_consistent_data_passes_with_a_readable_table():
+    report = evaluate_quality(counts(), THRESHOLDS)
+    assert report.passed and report.reasons == ()
+    assert report.summary == "data quality PASSED"
+    lines = report.table.splitlines()
+    assert lines[0].split() == ["entity", "source", "postgres", "elasticsearch", "dead", "letters", "status"]
+    assert lines[2].split() == ["lead", "100", "100", "100", "0", "ok"]
+    assert lines[4].split() == ["evento", "-", "20", "20", "0", "ok"]
+    assert "heartbeat age: 15 s; kafka lag: 0" in lines[-1]
+
+
+def test_elasticsearch_missing_documents_fails_naming_the_entity():
+    report = evaluate_quality(counts(lead=(100, 90, 100, 0)), THRESHOLDS)
+    assert not report.passed
+    assert report.reasons == ("lead: Postgres has 100 rows but Elasticsearch 90 documents (gap 10 > 1.0%)",)
+    assert report.summary.startswith("data quality FAILED: lead: Postgres has 100 rows")
+    lead_line = next(line for line in report.table.splitlines() if line.startswith("lead"))
+    assert lead_line.split()[-1] == "FAIL"
+
+
+def test_sink_gap_within_tolerance_passes_and_one_more_fails():
+    # 1% of 1000 = 10 allowed
+    assert evaluate_quality(counts(lead=(1000, 990, 1000, 0)), THRESHOLDS).passed
+    assert not evaluate_quality(counts(lead=(1000, 989, 1000, 0)), THRESHOLDS).passed
+
+
+def test_small_tables_allow_no_gap_at_all():
+    assert not evaluate_quality(counts(evento=(20, 19, None, 0)), THRESHOLDS).passed
+
+
+def test_more_documents_than_rows_is_also_a_gap():
+    report = evaluate_quality(counts(chat=(50, 60, 50, 0)), THRESHOLDS)
+    assert report.reasons == ("chat_session: Postgres has 50 rows but Elasticsearch 60 documents (gap 10 > 1.0%)",)
+
+
+def test_source_gap():
+    assert evaluate_quality(counts(lead=(95, 95, 100, 0)), THRESHOLDS).passed  # 5% of 100
+    report = evaluate_quality(counts(lead=(94, 94, 100, 0)), THRESHOLDS)
+    assert report.reasons == ("lead: source has 100 rows but Postgres 94 (gap 6 > 5.0%)",)
+
+
+def test_dead_letters_are_summed_over_entities_and_unattributed():
+    assert evaluate_quality(counts(lead=(100, 100, 100, 4), unattributed=6), THRESHOLDS).passed
+    report = evaluate_quality(counts(lead=(100, 100, 100, 4), unattributed=7), THRESHOLDS)
+    assert report.reasons == ("11 dead letters in the last 60 min (more than 10)",)
+
+
+@pytest.mark.parametrize("age,lag,reasons", [
+    (None, 0, ("no heartbeat recorded for the streaming query",)),
+    (121.0, 3, ("last heartbeat 121 s ago (more than 120 s) while 3 messages wait",)),
+    (120.0, 3, ()),
+    (86400.0, 0, ()),  # idle: Spark reports no progress while there is nothing to do
+])
+def test_heartbeat_freshness(age, lag, reasons):
+    assert evaluate_quality(counts(heartbeat_age=age, lag=lag), THRESHOLDS).reasons == reasons
+
+
+@pytest.mark.parametrize("lag,reason", [
+    (None, "Kafka lag unknown: the query has not committed a batch"),
+    (101, "Kafka lag 101 (more than 100)"),
+])
+def test_kafka_lag(lag, reason):
+    assert evaluate_quality(counts(lag=lag), THRESHOLDS).reasons == (reason,)
+
+
+def test_every_problem_is_reported_at_once():
+    report = evaluate_quality(counts(lead=(100, 0, 100, 0), unattributed=50, heartbeat_age=None, lag=500), THRESHOLDS)
+    assert len(report.reasons) == 4
+    assert report.as_dict()["passed"] is False and len(report.as_dict()["reasons"]) == 4
+
+
+def test_thresholds_from_settings_and_overrides():
+    environ = {"PIPELINE_PG_PASSWORD": "x", "PIPELINE_DQ_MAX_KAFKA_LAG": "7", "PIPELINE_DQ_MAX_SINK_GAP_PCT": "2.5"}
+    loaded = QualityThresholds.load(environ, max_dead_letters=3)
+    assert (loaded.max_kafka_lag, loaded.max_sink_gap_pct, loaded.max_dead_letters) == (7, 2.5, 3)
+    assert loaded.window_minutes == QualityThresholds().window_minutes
+
+
+@pytest.mark.parametrize("name,value", [("PIPELINE_DQ_MAX_KAFKA_LAG", "many"), ("PIPELINE_DQ_MAX_DEAD_LETTERS", "-1")])
+def test_bad_threshold_settings_name_the_setting(name, value):
+    with pytest.raises(SettingsError, match=name):
+        QualityThresholds.load({name: value})
