@@ -66,6 +66,9 @@ class Driver:
             self.stop()
             raise RuntimeError(f"{self.label}: still running after {timeout_s:.0f} s, stopped "
                                f"(log {self.log_path}):\n{self.tail()}") from None
+        except BaseException:  # interrupted (Ctrl-C): the driver must not outlive the benchmark
+            self.stop()
+            raise
         seconds = time.perf_counter() - self.started
         if code != 0:
             raise RuntimeError(f"{self.label}: exited with {code} (log {self.log_path}):\n{self.tail()}")

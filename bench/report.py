@@ -76,10 +76,13 @@ def write_chart(result: dict, directory: Path, stem: str) -> Path:
     percentiles = [(name, latency[f"{name}_ms"]) for name in ("p50", "p90", "p99", "max") if f"{name}_ms" in latency]
 
     figure, (left, right) = pyplot.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
-    bars = left.barh([label for label, _ in rows], [rate for _, rate in rows], color="#4C72B0")
-    left.bar_label(bars, labels=[f"{rate:,.0f}" for _, rate in rows], padding=3)
-    left.invert_yaxis()
-    left.set_xscale("log")  # the rates span orders of magnitude (per-row writes to bulk loads)
+    if rows:
+        bars = left.barh([label for label, _ in rows], [rate for _, rate in rows], color="#4C72B0")
+        left.bar_label(bars, labels=[f"{rate:,.0f}" for _, rate in rows], padding=3)
+        left.invert_yaxis()
+        left.set_xscale("log")  # the rates span orders of magnitude (per-row writes to bulk loads)
+    else:
+        left.text(0.5, 0.5, "throughput not measured", ha="center", va="center", transform=left.transAxes)
     left.set_xlabel("events/s, log scale (higher is better)")
     left.set_title(f"Throughput, {result['dataset']['events']:,} events of ~1 KB")
     if percentiles:
