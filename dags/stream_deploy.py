@@ -10,8 +10,10 @@ Deploys a new version of the streaming job, guarded by data-quality gates. Trigg
    immutable, so the previous one is always there to go back to).
 3. `switch`: selects `version` and stops the running driver cleanly (SIGTERM, SIGKILL after the grace); the
    supervisor (`stream_supervisor`) submits the new version on the same checkpoint at once.
-4. `wait_healthy`: a driver of the new version reports heartbeats and is judged healthy several times in a row,
-   within `PIPELINE_WATCHDOG_RECOVERY_SECONDS`; a crash of the new version fails at once with its cause.
+4. `wait_healthy`: a driver of the new version completes a batch (or, with nothing to process, outlives the
+   startup grace `PIPELINE_WATCHDOG_STARTUP_GRACE_SECONDS`) and is judged healthy three times in a row, within
+   `PIPELINE_WATCHDOG_RECOVERY_SECONDS`. A crash of the new version fails at once with the cause from its log;
+   the supervisor does not resubmit it but waits for the restore.
 5. `gate_after`: the data-quality gate again, on what the new version wrote.
 6. `restore` runs only when a step failed: if the new version was switched in, the previous one is selected and
    restarted and must be healthy again; either way the run fails with the reason of the failed step.

@@ -40,16 +40,15 @@ def render_sql_macro(template_name: str, macro: str, **arguments) -> str:
     return str(getattr(_templates.get_template(template_name).module, macro)(**arguments)).strip()
 
 
-def stage_table(table: str) -> str:
-    """The streaming job's staging table for a warehouse table."""
-    return f"stream_stage_{table}"
+# Where the streaming job stages each micro-batch before merging it (stream_staging.sql, stream_merge.sql).
+STREAM_STAGE_TABLE = "stream_stage"
 
 
 def warehouse_ddl(entities: tuple[Entity, ...] = ENTITIES) -> list[str]:
     return (
         [render_sql("warehouse_support.sql")]
         + [render_sql("warehouse_entity_table.sql", entity=entity) for entity in entities]
-        + [render_sql("stream_staging.sql", entities=entities, stage_table=stage_table)]
+        + [render_sql("stream_staging.sql", stage=STREAM_STAGE_TABLE)]
     )
 
 

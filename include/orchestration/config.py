@@ -9,9 +9,9 @@
 | PIPELINE_STREAM_ES_INDEX_PREFIX             | (none)                 | prefix of the job's index names (`<prefix>_<index>`) |
 | PIPELINE_DQ_SOURCE_SCHEMA                   | (search_path)          | schema of the Supabase tables the checks count |
 | PIPELINE_STREAM_STOP_GRACE_SECONDS          | 30                     | SIGTERM to SIGKILL when stopping a driver     |
-| PIPELINE_SUPERVISOR_MAX_FAILURES            | 3                      | driver failures within the window before giving up |
+| PIPELINE_SUPERVISOR_MAX_FAILURES            | 3                      | within the window: crashes before the supervisor gives up; failures (crashes and forced restarts) before a watchdog run fails |
 | PIPELINE_SUPERVISOR_FAILURE_WINDOW_MINUTES  | 30                     | the window                                    |
-| PIPELINE_SUPERVISOR_BACKOFF_SECONDS         | 5                      | first resubmit delay, doubled per failure     |
+| PIPELINE_SUPERVISOR_BACKOFF_SECONDS         | 5                      | first resubmit delay after a crash, doubled per crash |
 | PIPELINE_SUPERVISOR_BACKOFF_MAX_SECONDS     | 120                    | cap of that delay                             |
 | PIPELINE_WATCHDOG_INTERVAL_MINUTES          | 5                      | watchdog schedule (process environment only)  |
 | PIPELINE_WATCHDOG_STALL_SECONDS             | 600                    | lag > 0 and no batch completed this long: stalled |

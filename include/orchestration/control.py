@@ -67,8 +67,9 @@ def wait_until_healthy(
     interval: float = 5.0,
 ) -> Healthy:
     """Wait for a driver started after `since` (of `version`, if given) to be judged healthy or lagging `checks`
-    times in a row, having completed a batch if messages are waiting. With `fail_fast` (a deploy on trial), the
-    first failure of such a driver ends the wait; otherwise the supervisor's resubmissions get the whole time."""
+    times in a row, having completed a batch (or, with nothing to process, outlived the startup grace). With
+    `fail_fast` (a deploy on trial), the first failure of such a driver ends the wait; otherwise the supervisor's
+    resubmissions get the whole time."""
     started = time.monotonic()
     streak, last = 0, "no driver started yet"
     while True:
@@ -80,9 +81,12 @@ def wait_until_healthy(
         if holder and holder.started_at >= since and (version is None or holder.version == version):
             observation = observe()
             verdict = classify_job_health(observation, policy)
-            # With work waiting, the new driver must have completed a batch; with none, there is nothing to show.
-            progressed = observation.lag == 0 or (
-                observation.last_progress_at is not None and observation.last_progress_at >= holder.started_at)
+            # With work waiting, the new driver must complete a batch. With none there is no batch to show (Spark
+            # reports nothing while idle), so it must outlive the startup grace, in which a job that cannot start
+            # (bad code, bad configuration) fails.
+            progressed = (observation.last_progress_at is not None
+                          and observation.last_progress_at >= holder.started_at) or (
+                observation.lag == 0 and observation.now - holder.started_at >= policy.startup_grace)
             if progressed and verdict.state in (Health.HEALTHY, Health.LAGGING):
                 streak += 1
                 if streak >= checks:
@@ -90,7 +94,8 @@ def wait_until_healthy(
             else:
                 streak = 0
             last = (f"driver pid {holder.pid} (version {holder.version}): {verdict.state.value}, {verdict.reason}"
-                    + ("" if progressed else "; no batch completed since it started"))
+                    + ("" if progressed else "; no batch completed since it started (or, idle, still in its "
+                                             "startup grace)"))
         elif holder:
             last = f"still running: {holder.describe()}"
         elif failed:

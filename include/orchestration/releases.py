@@ -92,6 +92,7 @@ class ReleaseStore:
             return existing
         self.root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=self.root))
+        staging.chmod(0o755)  # mkdtemp's 0700 would hide the release from other users (e.g. Spark's)
         try:
             files = source_files(source_root)
             with zipfile.ZipFile(staging / "job.zip", "w", zipfile.ZIP_DEFLATED) as bundle:

@@ -5,32 +5,29 @@ ES-Hadoop publishes no Spark 4 connector, so each partition of a batch streams i
 entity's version column, with `version_type=external_gte`: an older version cannot overwrite a newer document and
 a replay (same version) rewrites it unchanged. Tombstones are deletes with the same external version.
 
-A bulk response of 200 can hide failed items, so every item is inspected: a version conflict (stale data) and
-deleting an absent document are the intended outcomes; 429 and 5xx are retried with exponential backoff;
-anything else, or retries running out, raises and fails the batch.
+The documents are those spark/transforms.py rendered (the same JSON the Postgres sink stages). A bulk response of
+200 can hide failed items, so every item is inspected: a version conflict (stale data) and deleting an absent
+document are the intended outcomes; 429 and 5xx are retried with exponential backoff; anything else, or retries
+running out, raises and fails the batch.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from include.entities import Entity
+from include.entities import ENTITIES, Entity
 from include.schema import ensure_index
-
-log = logging.getLogger(__name__)
+from spark.transforms import DELETED, DOCUMENT, DOCUMENT_ID, DOCUMENT_VERSION, KIND
 
 RETRY_STATUS = (429, 500, 502, 503, 504)
 VERSION_TYPE = "external_gte"
-# ISO-8601 with microseconds and offset (Z for UTC, the session time zone).
-TIMESTAMP_FORMAT = "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"
-INDEX, ID, VERSION, DELETED, SOURCE = "es_index", "es_id", "es_version", "es_deleted", "es_source"
+INDEX = "index"
 
 
 class BulkItemError(RuntimeError):
@@ -41,33 +38,12 @@ def index_name(entity: Entity, prefix: str = "") -> str:
     return f"{prefix}_{entity.index}" if prefix else entity.index
 
 
-def with_documents(entity: Entity, index: str) -> Callable[[DataFrame], DataFrame]:
-    """Newest-per-id rows (entity columns + deleted) -> one bulk action per row: index, id, version, source."""
-
-    def transform(df: DataFrame) -> DataFrame:
-        source = F.struct(*[
-            F.parse_json(c.name).alias(c.name) if c.type == "jsonb" else F.col(c.name) for c in entity.columns
-        ])
-        return df.select(
-            F.lit(index).alias(INDEX),
-            F.col(entity.key).alias(ID),
-            F.unix_micros(entity.version_column).alias(VERSION),
-            F.col("deleted").alias(DELETED),
-            F.when(~F.col("deleted"), F.to_json(source, {
-                "timestampFormat": TIMESTAMP_FORMAT,
-                "ignoreNullFields": "false",  # a null field is written as null, as in Postgres
-            })).alias(SOURCE),
-        )
-
-    return transform
-
-
 def action(row) -> dict:
-    """The bulk action of one document row; `_source` stays the JSON text Spark produced."""
-    operation = {"_op_type": "delete" if row[DELETED] else "index", "_index": row[INDEX], "_id": row[ID],
-                 "version": row[VERSION], "version_type": VERSION_TYPE}
+    """The bulk action of one document row; `_source` stays the JSON text Spark rendered."""
+    operation = {"_op_type": "delete" if row[DELETED] else "index", "_index": row[INDEX], "_id": row[DOCUMENT_ID],
+                 "version": row[DOCUMENT_VERSION], "version_type": VERSION_TYPE}
     if not row[DELETED]:
-        operation["_source"] = row[SOURCE]
+        operation["_source"] = row[DOCUMENT]
     return operation
 
 
@@ -117,6 +93,7 @@ class ElasticsearchSink:
     initial_backoff: float = 0.5
     max_backoff: float = 30.0
     request_timeout: float = 60.0
+    max_connections: int = 4  # partitions, hence concurrent bulk clients, per batch
 
     def index_name(self, entity: Entity) -> str:
         return index_name(entity, self.index_prefix)
@@ -128,23 +105,22 @@ class ElasticsearchSink:
         with Elasticsearch(self.es_url, request_timeout=self.request_timeout) as client:
             return [ensure_index(client, entity, self.index_name(entity)) for entity in entities]
 
-    def write(self, frames: dict[Entity, DataFrame], suppressed: dict[str, list[str]]) -> dict[str, int]:
-        """Write newest-per-id rows of each entity, minus the updates Postgres suppressed; returns outcome counts."""
-        documents = None
-        for entity, frame in frames.items():
-            skipped = suppressed.get(entity.name)
-            if skipped:
-                ids = frame.sparkSession.createDataFrame([(i,) for i in skipped], f"{entity.key} string")
-                frame = frame.join(F.broadcast(ids), entity.key, "left_anti")
-            entity_documents = frame.transform(with_documents(entity, self.index_name(entity)))
-            documents = entity_documents if documents is None else documents.unionByName(entity_documents)
-        if documents is None:
-            return {}
+    def write(self, documents: DataFrame, suppressed: dict[str, list[str]]) -> dict[str, int]:
+        """Bulk-write a batch's entity documents (transforms.DOCUMENT_COLUMNS; other kinds are skipped) minus the
+        updates Postgres suppressed; returns the outcome counts."""
+        indices = F.create_map(*[F.lit(v) for e in ENTITIES for v in (e.name, self.index_name(e))])
+        entity_documents = documents.where(F.col(KIND).isin(*[e.name for e in ENTITIES]))
+        skipped = [(kind, record_id) for kind, ids in suppressed.items() for record_id in ids]
+        if skipped:
+            skip = documents.sparkSession.createDataFrame(skipped, f"{KIND} string, {DOCUMENT_ID} string")
+            entity_documents = entity_documents.join(F.broadcast(skip), [KIND, DOCUMENT_ID], "left_anti")
+        rows = entity_documents.select(indices[F.col(KIND)].alias(INDEX), DOCUMENT_ID, DOCUMENT_VERSION, DELETED,
+                                       DOCUMENT).coalesce(self.max_connections)
         write = functools.partial(
             write_partition, es_url=self.es_url, chunk_size=self.chunk_size, max_retries=self.max_retries,
             initial_backoff=self.initial_backoff, max_backoff=self.max_backoff, request_timeout=self.request_timeout,
         )
         totals: Counter = Counter()
-        for counts in documents.rdd.mapPartitions(write).collect():
+        for counts in rows.rdd.mapPartitions(write).collect():
             totals.update(counts)
         return dict(totals)

@@ -1,11 +1,12 @@
-"""Postgres sink: stage a micro-batch with batched JDBC from the executors, then merge it set-based.
+"""Postgres sink: stage a micro-batch with one batched JDBC write from the executors, then merge it set-based.
 
-Per batch: each entity's newest-per-id rows and the rejects are appended to UNLOGGED staging tables under a fresh
-stage token (stream_staging.sql); then ONE transaction runs, per entity, the statements of stream_merge.sql:
-record tombstones in deleted_records, delete tombstoned rows that are not newer, one INSERT ... SELECT ... ON
-CONFLICT upsert guarded by the version column, and lists updates a recorded deletion suppressed (for the
-Elasticsearch sink). Dead letters are inserted once per Kafka offset. No statement is per row. Any failure
-raises: the transaction rolls back and the batch is replayed from the checkpoint.
+Per batch: the batch's documents (transforms.to_documents / dead_letter_documents: every entity's newest-per-id
+rows and the rejects, each as one JSON object) are appended to the UNLOGGED staging table under a fresh stage
+token (stream_staging.sql). Then ONE transaction runs, per entity, the statements of stream_merge.sql: record
+tombstones in deleted_records, delete tombstoned rows that are not newer, one INSERT ... SELECT ... ON CONFLICT
+upsert guarded by the version column, and list the updates a recorded deletion suppressed (for the Elasticsearch
+sink); then inserts the dead letters once per Kafka offset and clears the staged rows. No statement is per row.
+Any failure raises: the transaction rolls back and the batch is replayed from the checkpoint.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ from psycopg import sql
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from include.entities import Entity
-from include.schema import quote_ident, render_sql_macro, stage_table
+from include.entities import ENTITIES, Entity
+from include.schema import STREAM_STAGE_TABLE, quote_ident, render_sql_macro
 from include.settings import Settings
+from spark.transforms import DEAD_LETTER, DELETED, DOCUMENT, KIND
 
 log = logging.getLogger(__name__)
 
 MERGE_SQL = "stream_merge.sql"
-DEAD_LETTERS = "dead_letters"
 STAGE_TOKEN = "stage_token"
 # Staged rows older than this belong to an attempt that died before its merge; any merge sweeps them.
 STALE_STAGE_AFTER = "1 hour"
@@ -63,6 +64,11 @@ class MergeResult:
     merge_seconds: float
 
 
+def _merge_statements(entity: Entity) -> dict[str, str]:
+    return {macro: render_sql_macro(MERGE_SQL, macro, entity=entity, stage=STREAM_STAGE_TABLE)
+            for macro in ("record_deletions", "delete_tombstoned", "upsert", "suppressed_ids")}
+
+
 class PostgresSink:
     def __init__(self, settings: Settings, schema: str | None = None, jdbc_batch_size: int = 5000,
                  jdbc_max_connections: int = 4):
@@ -70,6 +76,9 @@ class PostgresSink:
         self.schema = check_schema_name(schema) if schema else None
         self.jdbc_batch_size = jdbc_batch_size
         self.jdbc_max_connections = jdbc_max_connections
+        self._entity_statements = {entity: _merge_statements(entity) for entity in ENTITIES}
+        self._dead_letters_statement = render_sql_macro(MERGE_SQL, "insert_dead_letters", stage=STREAM_STAGE_TABLE)
+        self._clear_statement = render_sql_macro(MERGE_SQL, "clear_stage", stage=STREAM_STAGE_TABLE)
 
     def connect(self, **kwargs) -> psycopg.Connection:
         return connect(self.settings, self.schema, **kwargs)
@@ -85,56 +94,38 @@ class PostgresSink:
             "user": s.pg_user,
             "password": s.pg_password,
             "options": options,
-            # Strings go out untyped so PostgreSQL casts them to the column's uuid/jsonb type.
+            # Strings go out untyped so PostgreSQL casts them to the column's type (uuid, jsonb).
             "stringtype": "unspecified",
             "reWriteBatchedInserts": "true",
             "batchsize": str(self.jdbc_batch_size),
             "numPartitions": str(self.jdbc_max_connections),
         }
 
-    def _stage(self, frame: DataFrame, table: str, token: str) -> None:
-        (frame.withColumn(STAGE_TOKEN, F.lit(token))
-         .write.format("jdbc").options(**self.jdbc_options()).option("dbtable", quote_ident(table))
-         .mode("append").save())
-
-    def write(self, frames: dict[Entity, DataFrame], dead_letters: DataFrame | None) -> MergeResult:
-        """Stage and merge one micro-batch: `frames` hold newest-per-id rows (entity columns + deleted),
-        `dead_letters` rows shaped by transforms.to_dead_letters. Empty inputs should be left out."""
+    def write(self, documents: DataFrame) -> MergeResult:
+        """Stage and merge one micro-batch's documents (columns of transforms.DOCUMENT_COLUMNS)."""
         token = str(uuid.uuid4())
         started = time.monotonic()
-        for entity, frame in frames.items():
-            self._stage(frame, stage_table(entity.table), token)
-        if dead_letters is not None:
-            self._stage(dead_letters, stage_table(DEAD_LETTERS), token)
-
+        (documents.select(F.lit(token).alias(STAGE_TOKEN), KIND, DELETED, DOCUMENT)
+         .write.format("jdbc").options(**self.jdbc_options()).option("dbtable", quote_ident(STREAM_STAGE_TABLE))
+         .mode("append").save())
         staged = time.monotonic()
-        upserted, deleted, suppressed = {}, {}, {}
-        dead_count = 0
-        stages = [stage_table(e.table) for e in frames]
-        if dead_letters is not None:
-            stages.append(stage_table(DEAD_LETTERS))
-        with self.connect() as connection, connection.cursor() as cursor:
-            for entity in frames:
-                params = {"token": token, "entity": entity.name}
-                stage = stage_table(entity.table)
-                cursor.execute(self._statement("record_deletions", entity, stage), params)
-                cursor.execute(self._statement("delete_tombstoned", entity, stage), params)
-                deleted[entity.name] = cursor.rowcount
-                cursor.execute(self._statement("upsert", entity, stage), params)
-                upserted[entity.name] = cursor.rowcount
-                cursor.execute(self._statement("suppressed_ids", entity, stage), params)
-                suppressed[entity.name] = [row[0] for row in cursor.fetchall()]
-            if dead_letters is not None:
-                cursor.execute(render_sql_macro(MERGE_SQL, "insert_dead_letters", stage=stage_table(DEAD_LETTERS)),
-                               {"token": token})
-                dead_count = cursor.rowcount
-            for stage in stages:
-                cursor.execute(render_sql_macro(MERGE_SQL, "clear_stage", stage=stage),
-                               {"token": token, "stale_after": STALE_STAGE_AFTER})
-        # Leaving the `with` block committed the transaction.
-        return MergeResult(upserted, deleted, {k: v for k, v in suppressed.items() if v}, dead_count,
-                           round(staged - started, 3), round(time.monotonic() - staged, 3))
 
-    @staticmethod
-    def _statement(macro: str, entity: Entity, stage: str) -> str:
-        return render_sql_macro(MERGE_SQL, macro, entity=entity, stage=stage)
+        upserted, deleted, suppressed = {}, {}, {}
+        with self.connect() as connection, connection.cursor() as cursor:
+            for entity, statements in self._entity_statements.items():
+                params = {"token": token, "entity": entity.name}
+                cursor.execute(statements["record_deletions"], params)
+                cursor.execute(statements["delete_tombstoned"], params)
+                deleted[entity.name] = cursor.rowcount
+                cursor.execute(statements["upsert"], params)
+                upserted[entity.name] = cursor.rowcount
+                cursor.execute(statements["suppressed_ids"], params)
+                ids = [row[0] for row in cursor.fetchall()]
+                if ids:
+                    suppressed[entity.name] = ids
+            cursor.execute(self._dead_letters_statement, {"token": token, "kind": DEAD_LETTER})
+            dead_letters = cursor.rowcount
+            cursor.execute(self._clear_statement, {"token": token, "stale_after": STALE_STAGE_AFTER})
+        # Leaving the `with` block committed the transaction.
+        return MergeResult(upserted, deleted, suppressed, dead_letters,
+                           round(staged - started, 3), round(time.monotonic() - staged, 3))

@@ -15,7 +15,7 @@ from include.contract import tombstone_message
 from include.entities import ENTITIES, LEAD
 from spark import transforms as T
 from spark.sinks import elastic as E
-from spark.sinks.batch import split_batch
+from spark.sinks.batch import batch_documents
 from tests.stream_support import T0, chat_message, evento_message, kafka_frame, lead_message
 
 HOUR = dt.timedelta(hours=1)
@@ -38,8 +38,8 @@ def write(spark, sink, validation, es):
     def run(values, suppressed=None):
         checked = kafka_frame(spark, values).transform(validation).cache()
         try:
-            _, frames, _ = split_batch(checked, 0)
-            counts = sink.write(frames, suppressed or {})
+            _, documents = batch_documents(checked, 0)
+            counts = sink.write(documents, suppressed or {})
         finally:
             checked.unpersist()
         es.indices.refresh(index=",".join(sink.index_name(e) for e in ENTITIES))
@@ -108,8 +108,8 @@ def test_updates_suppressed_by_postgres_are_not_written(es, sink, write):
 
 
 def _row(index: str, doc_id: str, source: dict | None, version: int = 1) -> dict:
-    return {E.INDEX: index, E.ID: doc_id, E.VERSION: version, E.DELETED: source is None,
-            E.SOURCE: None if source is None else json.dumps(source)}
+    return {E.INDEX: index, T.DOCUMENT_ID: doc_id, T.DOCUMENT_VERSION: version, T.DELETED: source is None,
+            T.DOCUMENT: None if source is None else json.dumps(source)}
 
 
 def _write(es_url: str, rows: list[dict], max_retries: int = 3, initial_backoff: float = 0.2) -> dict:

@@ -8,10 +8,10 @@ import json
 import pytest
 
 from include.contract import tombstone_message
-from include.entities import CHAT_SESSION, ENTITIES, LEAD
-from include.schema import quote_ident, stage_table
+from include.entities import CHAT_SESSION, LEAD
+from include.schema import STREAM_STAGE_TABLE, quote_ident
 from spark import transforms as T
-from spark.sinks.batch import split_batch
+from spark.sinks.batch import batch_documents
 from spark.sinks.postgres import PostgresSink
 from tests.stream_support import T0, chat_message, evento_message, kafka_frame, lead_message
 
@@ -45,8 +45,8 @@ def write(spark, sink, validation):
         batch = kafka_frame(spark, values, start_offset=next(offsets) if start_offset is None else start_offset)
         checked = batch.transform(validation).cache()
         try:
-            _, frames, dead_letters = split_batch(checked, batch_id)
-            return sink.write(frames, dead_letters)
+            _, documents = batch_documents(checked, batch_id)
+            return sink.write(documents)
         finally:
             checked.unpersist()
 
@@ -61,6 +61,7 @@ def test_every_field_lands_intact(db, write):
     lead, chat, evento = lead_message(), chat_message(), evento_message()
     result = write([lead, chat, evento])
     assert result.upserted == {"lead": 1, "chat_session": 1, "evento": 1}
+    assert result.dead_letters == 0
 
     row = db.execute("SELECT * FROM leads").fetchone()
     columns = [c.name for c in db.execute("SELECT * FROM leads LIMIT 0").description]
@@ -88,10 +89,10 @@ def test_replayed_and_older_batches_change_nothing_newer_ones_win(db, write):
 
     replay = write([lead_message(id=i, updated_at=T0 + HOUR, nome="v1") for i in ids])
     assert snapshot(db, "leads") == first
-    assert replay.upserted == {"lead": 3}  # rewritten with identical values
+    assert replay.upserted["lead"] == 3  # rewritten with identical values
 
     older = write([lead_message(id=i, updated_at=T0, nome="v0") for i in ids])
-    assert older.upserted == {"lead": 0}
+    assert older.upserted["lead"] == 0
     assert snapshot(db, "leads") == first
 
     write([lead_message(id=ids[0], updated_at=T0 + 2 * HOUR, nome="v2")])
@@ -103,14 +104,14 @@ def test_tombstone_deletes_and_older_updates_cannot_resurrect(db, write):
     record_id = lead_message()["id"]
     write([lead_message(id=record_id, updated_at=T0 + HOUR)])
     deleted = write([tombstone_message(LEAD, record_id, T0 + 2 * HOUR)])
-    assert deleted.deleted == {"lead": 1}
+    assert deleted.deleted["lead"] == 1
     assert db.execute("SELECT count(*) FROM leads").fetchone()[0] == 0
     assert db.execute("SELECT entity, id::text, deleted_at FROM deleted_records").fetchall() == [
         ("lead", record_id, T0 + 2 * HOUR)]
 
     for version in (T0 + HOUR, T0 + 2 * HOUR):  # older, and as old as the deletion
         replayed = write([lead_message(id=record_id, updated_at=version)])
-        assert replayed.upserted == {"lead": 0}
+        assert replayed.upserted["lead"] == 0
         assert replayed.suppressed == {"lead": [record_id]}
         assert db.execute("SELECT count(*) FROM leads").fetchone()[0] == 0
 
@@ -119,7 +120,7 @@ def test_tombstone_deletes_and_older_updates_cannot_resurrect(db, write):
     assert db.execute("SELECT deleted_at FROM deleted_records").fetchone()[0] == T0 + 2 * HOUR
 
     recreated = write([lead_message(id=record_id, updated_at=T0 + 3 * HOUR, nome="de volta")])
-    assert recreated.upserted == {"lead": 1} and recreated.suppressed == {}
+    assert recreated.upserted["lead"] == 1 and recreated.suppressed == {}
     assert db.execute("SELECT nome FROM leads").fetchall() == [("de volta",)]
 
 
@@ -127,7 +128,7 @@ def test_tombstone_older_than_the_row_keeps_it(db, write):
     session_id = chat_message()["id"]
     write([chat_message(id=session_id, updated_at=T0 + 2 * HOUR)])
     result = write([tombstone_message(CHAT_SESSION, session_id, T0 + HOUR)])
-    assert result.deleted == {"chat_session": 0}
+    assert result.deleted["chat_session"] == 0
     assert db.execute("SELECT count(*) FROM chat_sessions").fetchone()[0] == 1
 
 
@@ -153,11 +154,11 @@ def test_dead_letters_land_once_per_offset(db, write):
 
 def test_staging_is_cleared_including_rows_of_dead_attempts(db, write):
     stale = lead_message()
-    db.execute(f"INSERT INTO {quote_ident(stage_table('leads'))} (stage_token, deleted, id, updated_at, staged_at) "
-               "VALUES (gen_random_uuid(), false, %s, now(), now() - interval '2 hours')", [stale["id"]])
+    db.execute(f"INSERT INTO {quote_ident(STREAM_STAGE_TABLE)} (stage_token, kind, deleted, doc, staged_at) "
+               "VALUES (gen_random_uuid(), 'lead', false, jsonb_build_object('id', %s::text, 'updated_at', now()), "
+               "now() - interval '2 hours')", [stale["id"]])
     write([lead_message(), "nope"])
-    for table in [stage_table(e.table) for e in ENTITIES] + [stage_table("dead_letters")]:
-        assert db.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchone()[0] == 0, table
+    assert db.execute(f"SELECT count(*) FROM {quote_ident(STREAM_STAGE_TABLE)}").fetchone()[0] == 0
     # The dead attempt's row was swept, never merged.
     assert db.execute("SELECT count(*) FROM leads WHERE id = %s", [stale["id"]]).fetchone()[0] == 0
 

@@ -12,6 +12,7 @@ from include.orchestration.health import HealthPolicy, JobObservation
 from include.orchestration.supervision import DriverExit, QueryFiles, append_exit
 
 POLICY = HealthPolicy(stall_after=dt.timedelta(minutes=10), max_lag=100, startup_grace=dt.timedelta(0))
+GRACEFUL = HealthPolicy(stall_after=dt.timedelta(minutes=10), max_lag=100, startup_grace=dt.timedelta(minutes=5))
 
 
 @pytest.fixture
@@ -41,8 +42,8 @@ def observation(lag, progress_offset_s=None):
                           last_commit_at=None, lag=lag)
 
 
-def wait(files, since, observe, **kwargs):
-    return wait_until_healthy(files, observe, POLICY, since=since, timeout=dt.timedelta(seconds=1), interval=0.01,
+def wait(files, since, observe, policy=POLICY, **kwargs):
+    return wait_until_healthy(files, observe, policy, since=since, timeout=dt.timedelta(seconds=1), interval=0.01,
                               **kwargs)
 
 
@@ -93,3 +94,11 @@ def test_fail_fast_on_a_failure_of_the_awaited_version(held):
         wait(files, since, scripted(observation(0)), fail_fast=True)
     # without fail_fast the supervisor's next driver may still make it
     assert wait(files, since, scripted(observation(0))).version == "v2"
+
+
+def test_an_idle_new_driver_must_outlive_the_startup_grace(held):
+    files, since = held
+    with pytest.raises(NotHealthy, match="still in its startup grace"):
+        wait(files, since, scripted(observation(0)), policy=GRACEFUL)
+    # a completed batch proves it started, grace or not
+    assert wait(files, since, scripted(observation(0, progress_offset_s=0)), policy=GRACEFUL).version == "v2"

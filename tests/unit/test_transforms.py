@@ -110,8 +110,10 @@ def test_rejects_do_not_taint_valid_rows_and_every_row_gets_one_outcome(validate
 
 def test_a_row_of_nulls_is_an_invalid_json_reject(spark, validation):
     frame = spark.createDataFrame([(None, None, None, None, None, None)], KAFKA_SCHEMA)
-    row = frame.transform(validation).collect()[0]
-    assert (row[T.REASON], row[T.OUTCOME], row[T.RAW_PAYLOAD]) == (T.INVALID_JSON, T.REJECTED, None)
+    checked = frame.transform(validation)
+    row = checked.collect()[0]
+    assert (row[T.REASON], row[T.OUTCOME]) == (T.INVALID_JSON, T.REJECTED)
+    assert checked.transform(T.to_dead_letters(0)).collect()[0]["raw_payload"] is None
 
 
 def test_escaped_backslash_before_u0000_is_not_a_nul(reasons):
@@ -176,3 +178,37 @@ def test_equal_versions_keep_the_later_kafka_record(validate):
 def test_max_payload_bytes_must_be_positive():
     with pytest.raises(ValueError, match="max_payload_bytes"):
         T.with_validation(0)
+
+
+def test_documents_render_each_row_once_as_json_for_both_sinks(validate):
+    lead = lead_message(utm_campaign=None)
+    record_id = str(uuid.uuid4())
+    checked = validate([lead, tombstone_message(LEAD, record_id, T0)])
+    documents = (checked.transform(T.filter_entity(LEAD)).transform(T.with_newest_per_id(LEAD))
+                 .transform(T.to_documents(LEAD)))
+    assert documents.columns == list(T.DOCUMENT_COLUMNS)
+    rows = {row[T.DOCUMENT_ID]: row for row in documents.collect()}
+    micros = round(T0.timestamp() * 1_000_000)
+
+    row = rows[lead["id"]]
+    assert (row[T.KIND], row[T.DOCUMENT_VERSION], row[T.DELETED]) == ("lead", micros, False)
+    doc = json.loads(row[T.DOCUMENT])
+    assert set(doc) == {c.name for c in LEAD.columns}
+    assert doc["updated_at"] == "2024-05-01T15:00:00.123456Z"  # microseconds and an offset
+    assert doc["localizacao"] == lead["localizacao"]  # nested JSON, not a string
+    assert doc["interesse"] == lead["interesse"] and doc["score_qualificacao"] == 87
+    assert "utm_campaign" in doc and doc["utm_campaign"] is None  # nulls are kept, not dropped
+
+    tombstone = rows[record_id]
+    assert (tombstone[T.DELETED], tombstone[T.DOCUMENT_VERSION]) == (True, micros)
+    assert json.loads(tombstone[T.DOCUMENT])["id"] == record_id
+
+
+def test_dead_letters_become_documents_of_their_own_kind(validate):
+    checked = validate(["nope"], partition=1, start_offset=9)
+    row = checked.transform(T.to_dead_letters(3)).transform(T.dead_letter_documents).collect()[0]
+    assert (row[T.KIND], row[T.DOCUMENT_ID], row[T.DOCUMENT_VERSION], row[T.DELETED]) == (T.DEAD_LETTER, None, None,
+                                                                                          False)
+    assert json.loads(row[T.DOCUMENT]) == {"entity": None, "reason": T.INVALID_JSON, "raw_payload": "nope",
+                                           "topic": "eventos", "kafka_partition": 1, "kafka_offset": 9,
+                                           "batch_id": 3}

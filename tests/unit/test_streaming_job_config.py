@@ -1,0 +1,55 @@
+"""The streaming job's command line: every setting parsed, every bad one refused at start-up by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spark.streaming_job import JobConfig, parse_args
+
+
+def test_defaults_and_derived_settings(tmp_path):
+    config = parse_args(["--checkpoint-root", str(tmp_path)])
+    assert config == JobConfig(checkpoint_root=tmp_path)
+    assert config.checkpoint_location == tmp_path / "eventos_to_warehouse"
+    assert config.trigger_options() == {"processingTime": "30 seconds"}
+    assert config.starting_offsets == "earliest" and config.min_batches_to_retain == 100
+
+
+def test_every_option_is_read(tmp_path):
+    config = parse_args([
+        "--checkpoint-root", str(tmp_path), "--query-name", "q-1", "--trigger", "available-now",
+        "--max-offsets-per-trigger", "10", "--starting-offsets", '{"t": {"0": 5}}', "--topic", "t",
+        "--pg-schema", "test_abc", "--es-index-prefix", "test_abc", "--max-payload-bytes", "99",
+        "--min-batches-to-retain", "7", "--shuffle-partitions", "2",
+    ])
+    assert config == JobConfig(
+        checkpoint_root=tmp_path, query_name="q-1", trigger="available-now", max_offsets_per_trigger=10,
+        starting_offsets='{"t": {"0": 5}}', topic="t", pg_schema="test_abc", es_index_prefix="test_abc",
+        max_payload_bytes=99, min_batches_to_retain=7, shuffle_partitions=2,
+    )
+    assert config.trigger_options() == {"availableNow": True}
+    assert parse_args(["--checkpoint-root", "c", "--trigger", "processing-time=500 milliseconds"]).trigger_options() \
+        == {"processingTime": "500 milliseconds"}
+
+
+@pytest.mark.parametrize("arguments, named", [
+    ([], "--checkpoint-root"),
+    (["--trigger", "every minute"], "--trigger"),
+    (["--trigger", "processing-time=soon"], "--trigger"),
+    (["--trigger", "processing-time=10 fortnights"], "--trigger"),
+    (["--max-offsets-per-trigger", "0"], "--max-offsets-per-trigger"),
+    (["--max-payload-bytes", "-1"], "--max-payload-bytes"),
+    (["--min-batches-to-retain", "0"], "--min-batches-to-retain"),
+    (["--starting-offsets", "yesterday"], "--starting-offsets"),
+    (["--query-name", "../escape"], "--query-name"),
+    (["--pg-schema", "Robert'); DROP"], "--pg-schema"),
+    (["--es-index-prefix", "UPPER"], "--es-index-prefix"),
+])
+def test_bad_settings_stop_at_start_up_naming_the_setting(capsys, arguments, named):
+    root = [] if not arguments else ["--checkpoint-root", str(Path("checkpoints"))]
+    with pytest.raises(SystemExit) as stopped:
+        parse_args(root + arguments)
+    assert stopped.value.code == 2
+    assert named in capsys.readouterr().err
