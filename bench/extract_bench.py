@@ -1,6 +1,6 @@
 """Rows per second from the Postgres source (Supabase stand-in) to Kafka through the real extraction.
 
-    .state/venv/bin/python bench/extract_bench.py [--rows 200000] [--page-size 1000]
+    .state/venv/bin/python bench/extract_bench.py [--rows 200000] [--page-size 5000]
 
 Fills a uuid-named schema of the stand-in with demo leads, runs one full extraction of them into a uuid-named
 topic (warehouse state in a uuid-named schema), checks that the topic holds exactly that many messages, and

@@ -4,9 +4,12 @@ Per entity there are two streams, each with its own cursor in `extract_cursors`:
 (cursor name = entity name) and the captured deletions, published as tombstones (`<entity>:deleted`).
 For each page:
 
-1. read up to `page_size` rows strictly after the current position, in (version, key) order;
+1. read up to `page_size` rows strictly after the current position, in (version, key) order, in a reader
+   thread that already reads the next page while this one is published;
 2. encode each row with the message contract; a row without a required field (its key, its version), or
-   with a value the contract cannot serialise, becomes a dead letter instead and the page goes on;
+   with a value the contract cannot serialise, becomes a dead letter instead and the page goes on. The
+   Postgres source encodes pages of well-formed rows itself (include/extract/encoding.py), to the same
+   messages, and leaves any page with a row it cannot write exactly so to this row-by-row path;
 3. hand the page to the producer; while the broker acknowledges it, the next pages are read and sent
    (at most `pages_in_flight` unsettled);
 4. settle pages oldest first: wait until the broker acknowledged every message of the page (else raise, and
@@ -28,12 +31,13 @@ import datetime as dt
 import json
 import logging
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Callable
 
 from include.contract import UnserialisableValue, encode, message_key, now_utc, record_message, tombstone_message
 from include.entities import Entity
-from include.extract.sources import AFTER_ALL_KEYS, POSTGREST_MAX_ROWS, Position, Source
+from include.extract.sources import AFTER_ALL_KEYS, POSTGREST_MAX_ROWS, EncodedPage, Position, Source
 from include.extract.state import DeadLetter, ExtractState
 
 if TYPE_CHECKING:
@@ -43,7 +47,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DELETIONS_SUFFIX = ":deleted"
-# One page size for both adapters: the largest the REST API returns untruncated.
+# A page size every adapter accepts: the largest the REST API returns untruncated (ExtractConfig picks a larger
+# one for the direct Postgres source).
 DEFAULT_PAGE_SIZE = POSTGREST_MAX_ROWS
 DEFAULT_LOOKBACK = dt.timedelta(minutes=5)
 
@@ -96,10 +101,21 @@ class EntityResult:
 
 
 @dataclass(frozen=True)
+class _Read:
+    """One page read from the source and encoded."""
+
+    rows: int
+    messages: list[tuple[bytes, bytes]]
+    dead_letters: list[DeadLetter]
+    # After the page's last row that has a version (see `last_position`).
+    position: Position | None
+
+
+@dataclass(frozen=True)
 class _Stream:
     cursor_name: str
-    read: Callable[[Entity, Position | None, int], list[dict]]
-    to_message: Callable[[Entity, dict, dt.datetime], dict]
+    # (entity, after, limit, processado_em) -> the page.
+    read: Callable[[Entity, Position | None, int, dt.datetime], _Read]
 
 
 def start_position(stored: Position | None, options: RunOptions) -> Position | None:
@@ -155,6 +171,32 @@ def _tombstone(entity: Entity, row: dict, processado_em: dt.datetime) -> dict:
     return tombstone_message(entity, row[entity.key], row[entity.version_column], processado_em)
 
 
+def _encode(entity: Entity, rows: list[dict], to_message, processado_em: dt.datetime) -> _Read:
+    messages, dead_letters = encode_page(entity, rows, to_message, processado_em)
+    return _Read(len(rows), messages, dead_letters, last_position(entity, rows))
+
+
+def _row_reader(read: Callable[[Entity, Position | None, int], list[dict]], to_message):
+    """Pages of rows, encoded here one row at a time."""
+    def read_page(entity: Entity, after: Position | None, limit: int, processado_em: dt.datetime) -> _Read:
+        return _encode(entity, read(entity, after, limit), to_message, processado_em)
+    return read_page
+
+
+def _records_reader(source: Source):
+    """The source's own encoding of its pages where it has one (PostgresSource), else the row-by-row path."""
+    read_messages = getattr(source, "read_change_messages", None)
+    if read_messages is None:
+        return _row_reader(source.read_changes, record_message)
+
+    def read_page(entity: Entity, after: Position | None, limit: int, processado_em: dt.datetime) -> _Read:
+        page = read_messages(entity, after, limit, processado_em)
+        if isinstance(page, EncodedPage):
+            return _Read(len(page.messages), page.messages, [], page.position)
+        return _encode(entity, page, record_message, processado_em)
+    return read_page
+
+
 @dataclass
 class _Page:
     in_flight: InFlight
@@ -182,29 +224,38 @@ def _drain(entity: Entity, stream: _Stream, state: ExtractState, publisher: Kafk
             log.warning("%s: %s rows of page %s went to dead_letters (first: %s)", stream.cursor_name,
                         len(page.dead_letters), result.pages, page.dead_letters[0].reason)
 
+    def request(after: Position | None, so_far: int) -> tuple[Future, int] | None:
+        """Start reading the page after `after` in the reader thread; None once max_rows rows were read."""
+        if options.max_rows is not None and so_far >= options.max_rows:
+            return None
+        limit = options.page_size if options.max_rows is None else min(options.page_size, options.max_rows - so_far)
+        return reader.submit(stream.read, entity, after, limit, now_utc()), limit
+
     # Pages handed to the producer but not settled yet, oldest first: the next page is read and encoded while
     # the broker acknowledges the previous ones.
     pending: deque[_Page] = deque()
     read = 0
-    while options.max_rows is None or read < options.max_rows:
-        limit = options.page_size if options.max_rows is None else min(options.page_size, options.max_rows - read)
-        rows = stream.read(entity, after, limit)
-        if not rows:
-            break
-        read += len(rows)
-        messages, dead_letters = encode_page(entity, rows, stream.to_message, now_utc())
-        position = last_position(entity, rows)
-        pending.append(_Page(publisher.send(messages), position, len(rows), dead_letters))
-        while pending and (len(pending) > options.pages_in_flight or pending[0].in_flight.done):
-            settle(pending.popleft())
-        if position is None:
-            log.warning("%s: a page without any versioned row ends the run; its rows are in dead_letters",
-                        stream.cursor_name)
-            break
-        after = position
-        # The source returns `limit` rows whenever that many remain, so a short page is the last one.
-        if len(rows) < limit:
-            break
+    # The next page is read in a thread while this one is handed to the producer, the loop's bottleneck: the
+    # source's query runs meanwhile, and its driver waits for it without the GIL. Leaving the block waits for a
+    # read in progress.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="extract-read") as reader:
+        next_page = request(after, read)
+        while next_page is not None:
+            reading, limit = next_page
+            page = reading.result()
+            if not page.rows:
+                break
+            read += page.rows
+            next_page = None
+            if page.position is None:
+                log.warning("%s: a page without any versioned row ends the run; its rows are in dead_letters",
+                            stream.cursor_name)
+            # The source returns `limit` rows whenever that many remain, so a short page is the last one.
+            elif page.rows == limit:
+                next_page = request(page.position, read)
+            pending.append(_Page(publisher.send(page.messages), page.position, page.rows, page.dead_letters))
+            while pending and (len(pending) > options.pages_in_flight or pending[0].in_flight.done):
+                settle(pending.popleft())
     publisher.flush()
     while pending:
         settle(pending.popleft())
@@ -221,7 +272,7 @@ def extract_entity(entity: Entity, source: Source, state: ExtractState, publishe
         raise ValueError(f"entity {entity.name!r} has no source table to extract from")
     if source.max_page_size is not None and options.page_size > source.max_page_size:
         raise ValueError(f"page size {options.page_size} exceeds the source's cap of {source.max_page_size} rows")
-    records = _drain(entity, _Stream(entity.name, source.read_changes, record_message), state, publisher, options)
-    deletions = _drain(entity, _Stream(entity.name + DELETIONS_SUFFIX, source.read_deletions, _tombstone),
+    records = _drain(entity, _Stream(entity.name, _records_reader(source)), state, publisher, options)
+    deletions = _drain(entity, _Stream(entity.name + DELETIONS_SUFFIX, _row_reader(source.read_deletions, _tombstone)),
                        state, publisher, options)
     return EntityResult(entity.name, records, deletions)

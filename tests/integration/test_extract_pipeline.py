@@ -6,6 +6,7 @@ Every test owns a uuid-named source schema, warehouse schema and topic (see conf
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import socket
@@ -223,6 +224,76 @@ def test_bad_source_rows_go_to_dead_letters_once_and_the_page_goes_on(source_db,
     assert reasons["Nota NaN"].startswith("unserialisable value: non-finite number")
     assert reasons["Sem Fuso"].startswith("unserialisable value: timestamp without time zone")
     assert len({r.key for r in records(read_topic, kafka_topic)}) == 10
+
+
+def _both_ways(source, entity, processado_em):
+    """The page as the source encodes it, and as the row-by-row path encodes the same rows."""
+    from include.contract import record_message
+    from include.extract.extractor import encode_page
+
+    page = source.read_change_messages(entity, None, 10_000, processado_em)
+    rows = source.read_changes(entity, None, 10_000)
+    return page, rows, encode_page(entity, rows, record_message, processado_em)
+
+
+@pytest.mark.parametrize("time_zone", ["Etc/UTC", "America/Sao_Paulo", "Asia/Kolkata"])
+def test_pages_the_postgres_source_encodes_are_the_contracts_messages(source_db, source_schema, time_zone):
+    from include.entities import CHAT_SESSION
+    from include.extract.extractor import last_position
+    from include.extract.sources import EncodedPage, PostgresSource
+
+    generate(source_db, DemoSize(300, sessions_per_lead=1.0), source_schema, seed=9)
+    leads = f"{quote_ident(source_schema)}.leads"
+    # Values whose JSON form is easy to get wrong: escapes, empty and NULL-holding arrays, nested jsonb, a whole
+    # second, a NULL in every optional column.
+    source_db.execute(
+        f"INSERT INTO {leads} (nome, email, localizacao, interesse, score_qualificacao, created_at, "
+        "last_interaction_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        ['Zé "Aspas" \\ Barra\nLinha\tTab\u0001 😀', "", json.dumps(
+            {"lat": -2.53, "n": 10, "big": 12345678901234567890, "tiny": 1e-7, "x": [1.5, None, True, {"ç": "ã"}]}),
+         [], 0, dt.datetime(2025, 3, 1, 12, 30, 15, tzinfo=dt.timezone.utc),
+         dt.datetime(2025, 3, 1, 12, 30, 15, 1, tzinfo=dt.timezone.utc)])
+    source_db.execute(f"INSERT INTO {leads} (nome, interesse) VALUES (NULL, ARRAY['a', NULL, 'b'])")
+    source_db.commit()
+    source = PostgresSource(source_db, source_schema)
+    source_db.execute("SELECT set_config('TimeZone', %s, false)", [time_zone])
+    source_db.commit()
+    processado_em = dt.datetime(2025, 3, 1, 12, 30, 15, 250000, tzinfo=dt.timezone.utc)
+
+    for entity in (LEAD, CHAT_SESSION):
+        page, rows, (messages, dead_letters) = _both_ways(source, entity, processado_em)
+
+        assert isinstance(page, EncodedPage) and dead_letters == [] and len(page.messages) == len(rows) > 250
+        assert [key for key, _ in page.messages] == [key for key, _ in messages]
+        for (_, encoded), (_, expected) in zip(page.messages, messages):
+            assert list(json.loads(encoded).items()) == list(json.loads(expected).items())
+        assert page.position == last_position(entity, rows)
+
+
+def test_rows_the_encoded_query_cannot_write_as_the_contract_send_the_page_row_by_row(source_db, source_schema):
+    from include.extract.sources import PostgresSource
+
+    leads = f"{quote_ident(source_schema)}.leads"
+    source_db.execute(f"INSERT INTO {leads} (nome) SELECT 'Válido ' || n FROM generate_series(1, 5) n")
+    source_db.commit()
+    source = PostgresSource(source_db, source_schema)
+    now = dt.datetime.now(dt.timezone.utc)
+    # A time before 1973, when some zone's offset still had seconds, and a jsonb number too large for a float.
+    for column, value in [("created_at", "1950-06-01 00:00:00+00"), ("localizacao", '{"n": %s.5}' % ("1" * 310))]:
+        source_db.execute(f"UPDATE {leads} SET {quote_ident(column)} = %s WHERE nome = 'Válido 3'", [value])
+        source_db.commit()
+
+        page, rows, (messages, dead_letters) = _both_ways(source, LEAD, now)
+
+        assert page == rows and len(rows) == 5
+        if column == "localizacao":
+            assert len(messages) == 4 and dead_letters[0].reason.startswith(
+                "unserialisable value: Out of range float values")
+        else:
+            published = {message["nome"]: message for message in (json.loads(value) for _, value in messages)}
+            assert len(published) == 5 and published["Válido 3"]["created_at"] == "1950-06-01T00:00:00+00:00"
+        source_db.execute(f"UPDATE {leads} SET {quote_ident(column)} = NULL")
+        source_db.commit()
 
 
 def test_backfill_republishes_from_a_timestamp_without_moving_the_cursor_back(

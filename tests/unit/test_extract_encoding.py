@@ -12,6 +12,7 @@ import pytest
 from include.contract import record_message
 from include.entities import CHAT_SESSION, LEAD
 from include.extract.config import ExtractConfig, parse_from_timestamp, schedule_from_environ, topic_asset_uri
+from include.extract.encoding import can_encode, encode_rows, last_version_and_key
 from include.extract.extractor import encode_page
 from include.settings import SettingsError
 
@@ -79,6 +80,62 @@ def test_chat_sessions_serialise_booleans_and_arrays():
     message = json.loads(value)
     assert message["is_active"] is False and message["pages_visited"] == ["/", "/contato"]
     assert message["lead_id"] == str(row["lead_id"]) and message["tipo_evento"] == "chat_session"
+
+
+def as_encoded_query_row(entity, row: dict, encodable: bool = True) -> tuple:
+    """The row as PostgresSource's encoded query returns it: its flag, then each value pre-formatted."""
+    def value(field):
+        v = row.get(field.name)
+        if v is None:
+            return None
+        return {"uuid": str, "jsonb": json.dumps, "timestamptz": dt.datetime.isoformat}.get(field.type, lambda x: x)(v)
+    return (encodable, *(value(f) for f in entity.fields))
+
+
+def test_encoded_rows_are_the_messages_the_row_by_row_path_writes():
+    rows = [full_lead(), full_lead() | {"id": uuid.uuid4(), "localizacao": None, "interesse": [], "nome": 'a "b"\n'}]
+    session = {name: None for name in CHAT_SESSION.field_names} | {
+        "id": uuid.uuid4(), "is_active": True, "pages_visited": ["/", None], "updated_at": NOW}
+
+    for entity, page in ((LEAD, rows), (CHAT_SESSION, [session])):
+        encoded = encode_rows(entity, [as_encoded_query_row(entity, row) for row in page], NOW)
+        expected, _ = encode_page(entity, page, record_message, NOW)
+        assert [key for key, _ in encoded] == [key for key, _ in expected]
+        assert [list(json.loads(value).items()) for _, value in encoded] == [
+            list(json.loads(value).items()) for _, value in expected]
+    assert last_version_and_key(LEAD, [as_encoded_query_row(LEAD, row) for row in rows]) == (
+        rows[-1]["updated_at"], str(rows[-1]["id"]))
+
+
+@pytest.mark.parametrize("field, value, encodable", [
+    ("id", None, True),
+    ("updated_at", None, True),
+    # The query's flag: a timestamp isoformat() writes differently from it.
+    ("created_at", "1950-06-01T00:00:00+00:00", False),
+    # Parsed by the row-by-row path into an infinite float, which the contract rejects.
+    ("localizacao", '{"n": %s.5}' % ("1" * 310), True),
+])
+def test_a_row_the_encoded_path_cannot_write_sends_its_page_row_by_row(field, value, encodable):
+    good = as_encoded_query_row(LEAD, full_lead())
+    bad = list(as_encoded_query_row(LEAD, full_lead(), encodable))
+    bad[LEAD.field_names.index(field) + 1] = value
+
+    assert encode_rows(LEAD, [good, tuple(bad)], NOW) is None
+    long_text = list(good)
+    long_text[LEAD.field_names.index("localizacao") + 1] = json.dumps({"nota": "ã" * 400, "n": 12345})
+    assert len(encode_rows(LEAD, [good, tuple(long_text)], NOW)) == 2
+
+
+def test_only_entities_of_types_the_encoded_query_writes_use_it():
+    from include.entities import EVENTO
+
+    assert can_encode(LEAD) and can_encode(CHAT_SESSION) and not can_encode(EVENTO)
+
+
+def test_page_size_defaults_by_source():
+    assert ExtractConfig().page_size == 5000 and ExtractConfig("rest").page_size == 1000
+    assert ExtractConfig.load({"PIPELINE_EXTRACT_SOURCE": "rest"}).page_size == 1000
+    assert ExtractConfig.load({"PIPELINE_EXTRACT_PAGE_SIZE": "750"}).page_size == 750
 
 
 def test_config_from_settings_and_its_validation():

@@ -8,23 +8,22 @@ import uuid
 import pytest
 from kafka.errors import KafkaTimeoutError, NotEnoughReplicasError
 
-from include.extract.publisher import InFlight, KeyHashPartitioner, PublishError, murmur2
+from include.extract.publisher import InFlight, PublishError, key_partitions, murmur2
 
 
 def test_murmur2_matches_kafka_python_and_the_java_client():
     from kafka.partitioner.default import murmur2 as reference
 
-    for length in range(0, 80):
-        data = os.urandom(length)
-        assert murmur2(data) == reference(data)
+    # Keys of every length up to 80, mixed in one call as a page of them would be.
+    keys = [os.urandom(length) for length in range(0, 80) for _ in range(3)]
+    assert murmur2(keys).tolist() == [reference(key) for key in keys]
     # Values from the Java client's UtilsTest.testMurmur2 (signed ints there).
     java = {b"21": -973932308, b"foobar": -790332482, b"a-little-bit-long-string": -985981536,
             b"a-little-bit-longer-string": -1486304829, b"abc": 479470107}
-    for data, expected in java.items():
-        assert murmur2(data) == expected & 0xFFFFFFFF
+    assert murmur2(list(java)).tolist() == [expected & 0xFFFFFFFF for expected in java.values()]
 
 
-def test_partitioner_picks_the_default_partitioners_partition():
+def test_partitions_are_the_default_partitioners_choice():
     from kafka.partitioner.default import DefaultPartitioner
 
     class Cluster:
@@ -37,13 +36,14 @@ def test_partitioner_picks_the_default_partitioners_partition():
         def available_partitions_for_topic(self, topic):
             return {0, 1, 2, 3, 4}
 
-    ours, default = KeyHashPartitioner(), DefaultPartitioner()
-    for _ in range(500):
-        key = str(uuid.uuid4()).encode()
-        assert ours.partition("eventos", None, key, None, b"", Cluster()) == default.partition(
-            "eventos", None, key, None, b"", Cluster())
+    keys = [str(uuid.uuid4()).encode() for _ in range(500)]
+    default = DefaultPartitioner()
+    assert key_partitions(keys, {4, 2, 0, 3, 1}) == [
+        default.partition("eventos", None, key, None, b"", Cluster()) for key in keys]
+    with pytest.raises(ValueError, match="no partitions"):
+        key_partitions(keys, set())
     with pytest.raises(ValueError, match="carries its entity id as key"):
-        ours.partition("eventos", None, None, None, b"", Cluster())
+        key_partitions([keys[0], None], {0, 1})
 
 
 class FakeFuture:
