@@ -1,7 +1,7 @@
 """The machine's limits for the two sinks, without Spark: what the pipeline is measured against.
 
-limit-pg: each entity's rows COPYed into its staging table and merged with the streaming job's own upsert
-(include/sql/stream_merge.sql), one connection per entity in parallel, one transaction each.
+limit-pg: each entity's rows COPYed, as the documents the job stages, into the job's staging table and merged with
+its own upsert (include/sql/stream_merge.sql), one connection per entity in parallel, one transaction each.
 limit-es: bulk indexing of the same documents with ids and external versions, batch size and parallelism picked
 by a short sweep on a sample first.
 
@@ -19,47 +19,46 @@ from concurrent.futures import ThreadPoolExecutor
 from bench.data import Dataset
 from bench.scratch import Landed, Scratch, connect, es_landed, version_number
 from include.entities import ENTITIES, Entity
-from include.schema import quote_ident, render_sql_macro, stage_table
+from include.schema import STREAM_STAGE_TABLE, quote_ident, render_sql_macro
 from spark.sinks.postgres import STALE_STAGE_AFTER
 from spark.transforms import PAYLOAD
 
 
 def column_value(column: str, message: dict, raw: bytes):
-    """A message's value for one warehouse column, in the form COPY's text format accepts."""
+    """A message's value for one warehouse column, as the job's document holds it."""
     if column == PAYLOAD:
-        return raw.decode()
-    value = message.get(column)
-    if isinstance(value, dict):  # jsonb fields
-        return json.dumps(value, ensure_ascii=False)
-    return value
+        return json.loads(raw)
+    return message.get(column)
 
 
 def _staged_rows(dataset: Dataset, entity: Entity, token: str) -> list[tuple]:
+    """(stage_token, kind, deleted, doc) rows: each message as the document the streaming job would stage."""
     columns = [c.name for c in entity.columns]
     rows = []
     for m in dataset.messages:
         if m.entity == entity.name:
             message = json.loads(m.value)
-            rows.append((token, False, *[column_value(column, message, m.value) for column in columns]))
+            document = {column: column_value(column, message, m.value) for column in columns}
+            rows.append((token, entity.name, False, json.dumps(document, ensure_ascii=False)))
     return rows
 
 
 def _load_entity(settings, schema: str, entity: Entity, token: str, rows: list[tuple]) -> dict:
-    stage = stage_table(entity.table)
-    columns = ", ".join(quote_ident(c) for c in ("stage_token", "deleted", *[c.name for c in entity.columns]))
+    stage = quote_ident(STREAM_STAGE_TABLE)
     params = {"token": token, "entity": entity.name, "stale_after": STALE_STAGE_AFTER}
     timings = {}
     with connect(settings, schema) as connection:
         started = time.perf_counter()
         with connection.cursor() as cursor:
-            with cursor.copy(f"COPY {quote_ident(stage)} ({columns}) FROM STDIN") as copy:
+            with cursor.copy(f"COPY {stage} (stage_token, kind, deleted, doc) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
             timings["copy_s"] = time.perf_counter() - started
-            cursor.execute(render_sql_macro("stream_merge.sql", "upsert", entity=entity, stage=stage), params)
+            cursor.execute(render_sql_macro("stream_merge.sql", "upsert", entity=entity, stage=STREAM_STAGE_TABLE),
+                           params)
             timings["upsert_s"] = time.perf_counter() - started - timings["copy_s"]
             upserted = cursor.rowcount
-            cursor.execute(render_sql_macro("stream_merge.sql", "clear_stage", stage=stage), params)
+            cursor.execute(render_sql_macro("stream_merge.sql", "clear_stage", stage=STREAM_STAGE_TABLE), params)
         connection.commit()
         timings["total_s"] = time.perf_counter() - started
     return {"rows": len(rows), "upserted": upserted, **{k: round(v, 3) for k, v in timings.items()}}
@@ -67,11 +66,12 @@ def _load_entity(settings, schema: str, entity: Entity, token: str, rows: list[t
 
 def limit_pg(settings, scratch: Scratch, dataset: Dataset, landed: Landed) -> dict:
     schema = scratch.pg_schema("limit_pg")
-    token = str(uuid.uuid4())
-    prepared = {entity: _staged_rows(dataset, entity, token) for entity in ENTITIES}
+    # A token per entity: each connection merges and clears only its own rows of the shared staging table.
+    tokens = {entity: str(uuid.uuid4()) for entity in ENTITIES}
+    prepared = {entity: _staged_rows(dataset, entity, tokens[entity]) for entity in ENTITIES}
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=len(ENTITIES)) as pool:
-        futures = {entity.name: pool.submit(_load_entity, settings, schema, entity, token, rows)
+        futures = {entity.name: pool.submit(_load_entity, settings, schema, entity, tokens[entity], rows)
                    for entity, rows in prepared.items()}
         per_entity = {name: future.result() for name, future in futures.items()}
     seconds = time.perf_counter() - started
@@ -79,7 +79,8 @@ def limit_pg(settings, scratch: Scratch, dataset: Dataset, landed: Landed) -> di
         "events": len(dataset),
         "seconds": round(seconds, 3),
         "events_per_s": round(len(dataset) / seconds, 1),
-        "method": "COPY into the staging tables + the streaming job's upsert, one connection per entity",
+        "method": "COPY of the documents into the streaming job's staging table + its upsert, "
+                  "one connection per entity",
         "per_entity": per_entity,
         "landed_pg": landed.report(schema),
     }

@@ -6,11 +6,11 @@ topic as one batch, in its own driver, with its sinks timed from the outside.
 Reported, in seconds:
   validate   a probe before the batch: parse, route and validate every message and count the outcomes, which is
              the sink's first action (its cost is paid again inside the batch, where the result is cached)
-  stage      Postgres staging through JDBC, per entity; it includes computing the newest row per id, which Spark
-             does lazily on the first write that needs it
-  merge      the set-based merge transaction (Postgres write minus staging)
-  bulk       the Elasticsearch bulk writes (reads the cached newest rows)
-  other      the rest of foreachBatch: the outcome count on the cached rows, dead letters, caching
+  stage      Postgres staging of the batch's documents through JDBC; it includes computing the newest row per id
+             and rendering the documents, which Spark does lazily on the first write that needs them
+  merge      the set-based merge transaction
+  bulk       the Elasticsearch bulk writes (reads the cached documents)
+  other      the rest of foreachBatch: the outcome count on the cached rows, caching
 """
 
 from __future__ import annotations
@@ -31,26 +31,22 @@ def profile(topic: str, schema: str, index_prefix: str, shuffle_partitions: int,
     from spark.sinks.postgres import PostgresSink
     from spark.transforms import OUTCOME, with_validation
 
-    timings: dict = {"stage": {}}
+    timings: dict = {}
 
     class TimedPostgres(PostgresSink):
-        def _stage(self, frame, table, token):
+        def write(self, documents):
             started = time.perf_counter()
-            super()._stage(frame, table, token)
-            timings["stage"][table] = round(time.perf_counter() - started, 3)
-
-        def write(self, frames, dead_letters):
-            started = time.perf_counter()
-            merged = super().write(frames, dead_letters)
-            timings["postgres_write"] = time.perf_counter() - started
+            merged = super().write(documents)
+            timings.update(postgres_write=time.perf_counter() - started, stage=merged.stage_seconds,
+                           merge=merged.merge_seconds)
             return merged
 
     class TimedElastic(ElasticsearchSink):
-        def write(self, frames, suppressed):
+        def write(self, documents, suppressed):
             started = time.perf_counter()
-            documents = super().write(frames, suppressed)
+            indexed = super().write(documents, suppressed)
             timings["bulk"] = round(time.perf_counter() - started, 3)
-            return documents
+            return indexed
 
     settings = load_settings()
     spark = build_session("bench-profile", settings, {"spark.sql.shuffle.partitions": str(shuffle_partitions)})
@@ -74,15 +70,13 @@ def profile(topic: str, schema: str, index_prefix: str, shuffle_partitions: int,
         total = time.perf_counter() - started
     finally:
         spark.stop()
-    stage = sum(timings["stage"].values())
-    merge = timings["postgres_write"] - stage
     return {
         "events": events,
         "batch_s": round(total, 3),
         "events_per_s": round(events / total, 1),
         "validate_probe_s": round(validate, 3),
         "stage_s": timings["stage"],
-        "merge_s": round(merge, 3),
+        "merge_s": timings["merge"],
         "bulk_s": timings["bulk"],
         "other_s": round(total - timings["postgres_write"] - timings["bulk"], 3),
     }

@@ -129,10 +129,8 @@ def table(result: dict) -> str:
                      f"of the last send)")
     breakdown = measurements.get("profile")
     if breakdown:
-        stages = ", ".join(f"{table.removeprefix('stream_stage_')} {seconds:.1f}"
-                           for table, seconds in breakdown["stage_s"].items())
         lines.append(f"one batch of {breakdown['events']:,} events took {breakdown['batch_s']:.1f} s: "
-                     f"validate (probe) {breakdown['validate_probe_s']:.1f} s, stage [{stages}] s, "
+                     f"validate (probe) {breakdown['validate_probe_s']:.1f} s, stage {breakdown['stage_s']:.1f} s, "
                      f"merge {breakdown['merge_s']:.1f} s, bulk {breakdown['bulk_s']:.1f} s, "
                      f"other {breakdown['other_s']:.1f} s")
     lines.append("")
