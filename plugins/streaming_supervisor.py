@@ -35,16 +35,23 @@ class LockedSparkSubmitHook(SparkSubmitHook):
     """spark-submit started through the driver-lock wrapper; its output also goes to a per-driver log file and
     a tail kept in memory, from which the failure cause is read."""
 
-    def __init__(self, *, lock_path: Path, version: str, driver_log: Path, **kwargs) -> None:
+    def __init__(self, *, lock_path: Path, version: str, driver_log: Path, working_dir: Path, **kwargs) -> None:
         self.lock_path = lock_path
         self.version = version
         self.driver_log = driver_log
+        self.working_dir = working_dir
         self.output_tail: deque[str] = deque(maxlen=300)
         super().__init__(**kwargs)
 
     def _build_spark_submit_command(self, application: str) -> list[str]:
         return [sys.executable, driver_lock.__file__, "--lock", str(self.lock_path), "--version", self.version,
                 "--", *super()._build_spark_submit_command(application)]
+
+    def submit(self, application: str = "", **kwargs) -> str | None:
+        # PySpark starts its Python workers with `python -m`, which puts the current directory first on their
+        # path, ahead of the --py-files zip: started from a checkout, the executors would run the checkout's
+        # modules instead of the release's. The release's own folder holds no importable package.
+        return super().submit(application, cwd=self.working_dir, **kwargs)
 
     def _process_spark_submit_log(self, itr) -> None:
         self.driver_log.parent.mkdir(parents=True, exist_ok=True)
@@ -82,6 +89,7 @@ class SupervisedSparkSubmitOperator(SparkSubmitOperator):
     def _get_hook(self) -> LockedSparkSubmitHook:
         return LockedSparkSubmitHook(
             lock_path=self._ops.files.driver_lock.path, version=self._release.version, driver_log=self._driver_log,
+            working_dir=self._release.folder,
             conf=self.conf, conn_id=self._conn_id, py_files=self.py_files, jars=self.jars, name=self.name,
             application_args=self.application_args, env_vars=self.env_vars, driver_memory=self._driver_memory,
             verbose=self._verbose, deploy_mode=self._deploy_mode,

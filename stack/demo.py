@@ -4,8 +4,9 @@
 2. The Supabase stand-in: demo leads and chat sessions on the first run; on later runs, "activity" (updates,
    erasures, new rows), so the incremental extraction has changes, and only changes, to find.
 3. `supabase_to_kafka` (airflow dags test), then a few generic events through `inject_event`.
-4. `stream_supervisor` with `trigger=available-now` (airflow dags test): the Spark job drains the topic into
-   Postgres and Elasticsearch, then ends.
+4. `stream_supervisor` with `trigger=available-now` (airflow dags test) of this checkout's job, packaged and
+   selected as the release `tree-<digest>`: the Spark job drains the topic into Postgres and Elasticsearch, then
+   ends.
 5. A report: what the extraction published, rows per table, documents per index, dead letters, DQ verdict.
 
 Exits non-zero when a step fails or the verdict does not pass. Safe to run any number of times.
@@ -64,6 +65,20 @@ def prepare_source(settings) -> tuple[str, int | None]:
         return f"activity in the Supabase stand-in since the last run: {changed}", sum(changed.values())
 
 
+def select_checkout_release() -> str:
+    """Package this checkout's job and select it: the demo shows the code it is run from, even where an earlier
+    run or a deploy selected another version (the supervisor submits whatever release is selected)."""
+    from include.orchestration.config import StreamOpsConfig
+    from include.orchestration.releases import ReleaseStore
+    from include.settings import REPO_ROOT
+
+    config = StreamOpsConfig.load()
+    store = ReleaseStore(config.releases_root)
+    release = store.build_tree(REPO_ROOT)
+    store.promote(config.query_name, release.version)
+    return release.version
+
+
 def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     settings = load_settings()
@@ -87,6 +102,7 @@ def main() -> int:
         inject_event(evento, valor, "demo@exemplo.com.br")
     print(f"  injected {len(DEMO_EVENTS)} generic events")
     print("== 4. streaming job (available-now)")
+    print(f"  job version: {select_checkout_release()} (this checkout)")
     run_dag(settings, "stream_supervisor", {"trigger": "available-now"})
     print("== 5. report")
     from include.status import pipeline_status
