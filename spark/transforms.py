@@ -27,6 +27,7 @@ Tombstones (`deleted: true`) need only the key and the version column; their oth
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Callable
 
@@ -344,16 +345,27 @@ def to_documents(entity: Entity) -> Callable[[DataFrame], DataFrame]:
     """Newest-per-id rows (entity columns + deleted) -> documents: kind, id, version (epoch microseconds of the
     version column), deleted, and the row as a JSON object (jsonb columns nested as JSON, nulls kept)."""
 
+    plain = [c.name for c in entity.columns if c.type != "jsonb"]
+    nested = [c.name for c in entity.columns if c.type == "jsonb"]
+
     def transform(df: DataFrame) -> DataFrame:
-        row = F.struct(*[
-            F.parse_json(c.name).alias(c.name) if c.type == "jsonb" else F.col(c.name) for c in entity.columns
-        ])
+        document = F.to_json(F.struct(*plain), _JSON_OPTIONS)
+        if nested:
+            # jsonb columns hold JSON text that validation accepted: spliced in before the closing brace rather than
+            # parsed and rendered again (Spark renders a VARIANT object with a new JsonFactory per key). Line breaks
+            # outside strings are insignificant, and the bulk API's NDJSON cannot carry them.
+            document = F.concat(
+                document.substr(F.lit(1), F.length(document) - 1),
+                *[F.concat(F.lit(f",{json.dumps(name)}:"), F.coalesce(F.translate(name, "\r\n", "  "), F.lit("null")))
+                  for name in nested],
+                F.lit("}"),
+            )
         return df.select(
             F.lit(entity.name).alias(KIND),
             F.col(entity.key).cast("string").alias(DOCUMENT_ID),
             F.unix_micros(entity.version_column).alias(DOCUMENT_VERSION),
             F.col(DELETED),
-            F.to_json(row, _JSON_OPTIONS).alias(DOCUMENT),
+            document.alias(DOCUMENT),
         )
 
     return transform
