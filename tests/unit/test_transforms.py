@@ -204,6 +204,19 @@ def test_documents_render_each_row_once_as_json_for_both_sinks(validate):
     assert json.loads(tombstone[T.DOCUMENT])["id"] == record_id
 
 
+def test_event_documents_carry_the_payload_as_json_on_one_line(validate):
+    # The payload is the received text: a pretty-printed message must still give a one-line document (bulk NDJSON).
+    message = json.loads(encode(dict(evento_message(), contexto={"pagina": "/a\nb", "itens": [1, 2]})))
+    checked = validate([json.dumps(message, indent=2, ensure_ascii=False)])
+    documents = (checked.transform(T.filter_entity(EVENTO)).transform(T.with_newest_per_id(EVENTO))
+                 .transform(T.to_documents(EVENTO)))
+    text = documents.collect()[0][T.DOCUMENT]
+    assert "\n" not in text and "\r" not in text
+    doc = json.loads(text)
+    assert set(doc) == {c.name for c in EVENTO.columns}
+    assert doc["payload"] == message and doc["id"] == message["id"]
+
+
 def test_dead_letters_become_documents_of_their_own_kind(validate):
     checked = validate(["nope"], partition=1, start_offset=9)
     row = checked.transform(T.to_dead_letters(3)).transform(T.dead_letter_documents).collect()[0]
