@@ -396,7 +396,10 @@ def test_6_deploy_is_refused_when_elasticsearch_misses_documents(stack):
     index = index_name(LEAD, stack.prefix)
     missing = stack.leads[:2]
     for lead in missing:
-        es.delete(index=index, id=lead["id"], refresh=True)
+        # Deleted at the document's own external version: a plain delete would bump it, and the replay below
+        # (same version, external_gte) would then be a version conflict until index.gc_deletes (60 s) passes.
+        version = es.get(index=index, id=lead["id"])["_version"]
+        es.delete(index=index, id=lead["id"], version=version, version_type="external_gte", refresh=True)
     running = stack.files.driver_lock.holder()
 
     code, output = stack.dags_test("stream_deploy", conf={"version": stack.versions[1]}, name="refused")
