@@ -1,60 +1,59 @@
 """The machine's limits for the two sinks, without Spark: what the pipeline is measured against.
 
-limit-pg: each entity's rows COPYed, as the documents the job stages, into the job's staging table and merged with
-its own upsert (include/sql/stream_merge.sql), one connection per entity in parallel, one transaction each.
+Both load the documents the streaming job renders (spark/validation.py), rendered before the clock starts.
+limit-pg: each entity's rows COPYed into the job's staging table, then the job's own merge statements (newest row
+per id, upsert; include/sql/stream_merge.sql), one connection per entity in parallel, one transaction each.
 limit-es: bulk indexing of the same documents with ids and external versions, batch size and parallelism picked
 by a short sweep on a sample first.
-
-Both time only the load: decoding the JSON messages into rows and documents happens before the clock starts.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
-import json
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from bench.data import Dataset
-from bench.scratch import Landed, Scratch, connect, es_landed, version_number
+from bench.scratch import Landed, Scratch, connect, es_landed
 from include.entities import ENTITIES, Entity
-from include.schema import STREAM_STAGE_TABLE, quote_ident, render_sql_macro
-from spark.sinks.postgres import STALE_STAGE_AFTER
-from spark.transforms import PAYLOAD
+from include.schema import STREAM_STAGE_TABLE, render_sql_macro
+from spark.sinks.postgres import STALE_STAGE_AFTER, WINNERS_TABLE, copy_statement
+from spark.validation import render, validate
 
 
-def column_value(column: str, message: dict, raw: bytes):
-    """A message's value for one warehouse column, as the job's document holds it."""
-    if column == PAYLOAD:
-        return json.loads(raw)
-    return message.get(column)
-
-
-def _staged_rows(dataset: Dataset, entity: Entity, token: str) -> list[tuple]:
-    """(stage_token, kind, deleted, doc) rows: each message as the document the streaming job would stage."""
-    columns = [c.name for c in entity.columns]
-    rows = []
+def _documents(dataset: Dataset) -> list[tuple]:
+    """(entity, id, version, deleted, doc) of every message, as the job renders it."""
+    documents = []
     for m in dataset.messages:
-        if m.entity == entity.name:
-            message = json.loads(m.value)
-            document = {column: column_value(column, message, m.value) for column in columns}
-            rows.append((token, entity.name, False, json.dumps(document, ensure_ascii=False)))
-    return rows
+        verdict = validate(m.value, len(m.value))
+        if verdict.reason is not None:
+            raise ValueError(f"the data set holds an invalid message ({verdict.reason}): {m.value[:200]!r}")
+        documents.append((verdict.entity, verdict.key, verdict.version, verdict.deleted, render(verdict.row)))
+    return documents
+
+
+def _staged_rows(documents: list[tuple], entity: Entity, token: str) -> list[tuple]:
+    """Staging rows (stream_staging.sql) of one entity's documents; the offset orders equal versions."""
+    received = dt.datetime.now(dt.timezone.utc)
+    return [(token, entity.name, record_id, version, deleted, received, 0, offset, document)
+            for offset, (of, record_id, version, deleted, document) in enumerate(documents) if of is entity]
 
 
 def _load_entity(settings, schema: str, entity: Entity, token: str, rows: list[tuple]) -> dict:
-    stage = quote_ident(STREAM_STAGE_TABLE)
     params = {"token": token, "entity": entity.name, "stale_after": STALE_STAGE_AFTER}
     timings = {}
     with connect(settings, schema) as connection:
         started = time.perf_counter()
         with connection.cursor() as cursor:
-            with cursor.copy(f"COPY {stage} (stage_token, kind, deleted, doc) FROM STDIN") as copy:
+            with cursor.copy(copy_statement()) as copy:
                 for row in rows:
                     copy.write_row(row)
             timings["copy_s"] = time.perf_counter() - started
-            cursor.execute(render_sql_macro("stream_merge.sql", "upsert", entity=entity, stage=STREAM_STAGE_TABLE),
+            cursor.execute(render_sql_macro("stream_merge.sql", "winners", stage=STREAM_STAGE_TABLE,
+                                            winners=WINNERS_TABLE), params)
+            cursor.execute(render_sql_macro("stream_merge.sql", "upsert", entity=entity, winners=WINNERS_TABLE),
                            params)
             timings["upsert_s"] = time.perf_counter() - started - timings["copy_s"]
             upserted = cursor.rowcount
@@ -68,7 +67,8 @@ def limit_pg(settings, scratch: Scratch, dataset: Dataset, landed: Landed) -> di
     schema = scratch.pg_schema("limit_pg")
     # A token per entity: each connection merges and clears only its own rows of the shared staging table.
     tokens = {entity: str(uuid.uuid4()) for entity in ENTITIES}
-    prepared = {entity: _staged_rows(dataset, entity, tokens[entity]) for entity in ENTITIES}
+    documents = _documents(dataset)
+    prepared = {entity: _staged_rows(documents, entity, tokens[entity]) for entity in ENTITIES}
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=len(ENTITIES)) as pool:
         futures = {entity.name: pool.submit(_load_entity, settings, schema, entity, tokens[entity], rows)
@@ -79,34 +79,20 @@ def limit_pg(settings, scratch: Scratch, dataset: Dataset, landed: Landed) -> di
         "events": len(dataset),
         "seconds": round(seconds, 3),
         "events_per_s": round(len(dataset) / seconds, 1),
-        "method": "COPY of the documents into the streaming job's staging table + its upsert, "
-                  "one connection per entity",
+        "method": "COPY of the job's documents into its staging table + its newest-per-id and upsert "
+                  "statements, one connection per entity",
         "per_entity": per_entity,
         "landed_pg": landed.report(schema),
     }
 
 
-def es_document(entity: Entity, message: dict, raw: bytes) -> dict:
-    document = {c.name: message.get(c.name) for c in entity.columns}
-    if PAYLOAD in document:
-        document[PAYLOAD] = json.loads(raw)
-    return document
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def es_actions(dataset: Dataset, indices: dict[str, str]) -> list[dict]:
-    by_name = {entity.name: entity for entity in ENTITIES}
-    actions = []
-    for m in dataset.messages:
-        entity = by_name[m.entity]
-        message = json.loads(m.value)
-        actions.append({
-            "_index": indices[entity.name],
-            "_id": message[entity.key],
-            "version": version_number(message[entity.version_column]),
-            "version_type": "external_gte",
-            "_source": es_document(entity, message, m.value),
-        })
-    return actions
+    return [{"_index": indices[entity.name], "_id": record_id, "version": (version - _EPOCH) // dt.timedelta(microseconds=1),
+             "version_type": "external_gte", "_source": document}
+            for entity, record_id, version, _, document in _documents(dataset)]
 
 
 def _bulk(es, actions: list[dict], chunk_size: int, threads: int) -> int:
@@ -149,7 +135,7 @@ def limit_es(scratch: Scratch, dataset: Dataset, sweep_sample: int, chunk_sizes=
         "events": len(dataset),
         "seconds": round(seconds, 3),
         "events_per_s": round(len(dataset) / seconds, 1),
-        "method": "helpers.parallel_bulk with _id and external_gte versions, then a refresh",
+        "method": "helpers.parallel_bulk of the job's documents with _id and external_gte versions, then a refresh",
         "chunk_size": best["chunk_size"],
         "threads": best["threads"],
         "sweep": sweep,

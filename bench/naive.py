@@ -19,7 +19,7 @@ from pathlib import Path
 from include.entities import BY_TIPO_EVENTO, Entity
 from include.schema import quote_ident
 from include.settings import load_settings
-from spark.transforms import PAYLOAD
+from spark.validation import PAYLOAD
 
 
 def upsert_statement(entity: Entity) -> str:
@@ -64,18 +64,13 @@ def write_partition(dsn: str, schema: str):
 
 
 def run(topic: str, schema: str) -> dict:
+    from bench.scratch import read_topic
     from spark.session import build_session
 
     settings = load_settings()
     spark = build_session("bench-naive", settings)
     try:
-        batch = (spark.read.format("kafka")
-                 .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
-                 .option("subscribe", topic)
-                 .option("startingOffsets", "earliest")
-                 .option("endingOffsets", "latest")
-                 .load()
-                 .selectExpr("CAST(value AS STRING) AS value"))
+        batch = read_topic(spark, settings, topic).selectExpr("CAST(value AS STRING) AS value")
         events = batch.count()
         started = time.perf_counter()
         batch.foreachPartition(write_partition(settings.pg_dsn(settings.pg_warehouse_db), schema))

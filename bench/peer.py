@@ -23,7 +23,7 @@ from bench.data import Dataset
 from bench.scratch import Landed, Scratch, produce
 from include.entities import ENTITIES, Entity
 from include.settings import Settings
-from spark.transforms import PAYLOAD
+from spark.validation import PAYLOAD
 from stack.services import Kafka, StackError, pid_alive, run_maven
 
 log = logging.getLogger(__name__)

@@ -153,6 +153,16 @@ class Landed:
         self.connection.close()
 
 
+def read_topic(spark, settings: Settings, topic: str):
+    """The whole of a topic as one Kafka batch DataFrame."""
+    return (spark.read.format("kafka")
+            .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
+            .option("subscribe", topic)
+            .option("startingOffsets", "earliest")
+            .option("endingOffsets", "latest")
+            .load())
+
+
 def es_landed(es, indices: dict[str, str], expected: dict[str, int]) -> dict:
     """Per entity: documents in its index after a refresh, against the distinct ids produced."""
     per_entity = {}

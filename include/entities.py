@@ -81,6 +81,10 @@ class Entity:
         return self.fields + self.sink_columns
 
     @property
+    def key_field(self) -> Field:
+        return next(f for f in self.fields if f.name == self.key)
+
+    @property
     def required_fields(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields if f.required or f.name in (self.key, self.version_column))
 

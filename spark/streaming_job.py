@@ -3,7 +3,7 @@
     python -m spark.streaming_job --checkpoint-root /var/lib/pipeline/checkpoints [options]
     spark-submit spark/streaming_job.py --checkpoint-root /var/lib/pipeline/checkpoints [options]
 
-This module only wires the Kafka source, the transforms (spark/transforms.py) and the foreachBatch sink
+This module only wires the Kafka source, the transform (spark/transforms.py) and the foreachBatch sink
 (spark/sinks/batch.py). A sink failure is not caught anywhere: the query fails, the process exits non-zero, the
 checkpoint keeps the failed batch uncommitted and the next start replays it.
 
@@ -57,7 +57,6 @@ class JobConfig:
     # Metadata of this many batches stays in the checkpoint: enough to rewind by hand after an incident, bounded
     # so the folder does not grow without limit. The query keeps no state, so recovery needs only the last one.
     min_batches_to_retain: int = 100
-    shuffle_partitions: int = 4
 
     @property
     def checkpoint_location(self) -> Path:
@@ -81,7 +80,7 @@ class JobConfig:
         ):
             raise ConfigError(f"--trigger {self.trigger!r}: expected '{AVAILABLE_NOW}' or "
                               f"'{PROCESSING_TIME}<n> <milliseconds|seconds|minutes|hours>'")
-        for name in ("max_offsets_per_trigger", "max_payload_bytes", "min_batches_to_retain", "shuffle_partitions"):
+        for name in ("max_offsets_per_trigger", "max_payload_bytes", "min_batches_to_retain"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.starting_offsets not in ("earliest", "latest"):
@@ -122,8 +121,6 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
                         help="larger messages go to the dead-letter table (default: %(default)s)")
     parser.add_argument("--min-batches-to-retain", type=int, default=defaults.min_batches_to_retain,
                         help="spark.sql.streaming.minBatchesToRetain (default: %(default)s)")
-    parser.add_argument("--shuffle-partitions", type=int, default=defaults.shuffle_partitions,
-                        help="spark.sql.shuffle.partitions for the per-batch deduplication (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
         return JobConfig(**vars(args)).validate()
@@ -132,12 +129,12 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
 
 
 def build_query(spark, config: JobConfig, settings: Settings):
-    """Start the query: Kafka source -> validation -> MicroBatchSink, writing to both sinks."""
+    """Start the query: Kafka source -> documents -> MicroBatchSink, writing to both sinks."""
     from spark.sinks.batch import MicroBatchSink
     from spark.sinks.elastic import ElasticsearchSink
     from spark.sinks.postgres import PostgresSink
 
-    from spark.transforms import with_validation
+    from spark.transforms import to_documents
 
     elastic = ElasticsearchSink(settings.es_url, index_prefix=config.es_index_prefix)
     elastic.ensure_indices(ENTITIES)
@@ -157,8 +154,7 @@ def build_query(spark, config: JobConfig, settings: Settings):
         .load()
     )
     return (
-        # Stateless validation on the stream: analysed once here, and its generated code is reused every batch.
-        source.transform(with_validation(config.max_payload_bytes))
+        source.transform(to_documents(config.max_payload_bytes))
         .writeStream.queryName(config.query_name)
         .option("checkpointLocation", str(config.checkpoint_location))
         .trigger(**config.trigger_options())
@@ -226,12 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     from spark.session import build_session
 
     spark = build_session(f"streaming_job:{config.query_name}", settings, extra_conf={
-        "spark.sql.shuffle.partitions": str(config.shuffle_partitions),
         # A driver's output is a log file: the console progress bar would only clutter it.
         "spark.ui.showConsoleProgress": "false",
-        # The validation's projections carry more columns than the default 100, past which Spark drops whole-stage
-        # code generation (measured: about a third more CPU per message without it).
-        "spark.sql.codegen.maxFields": "1000",
     })
     try:
         run(spark, config, settings)

@@ -113,8 +113,8 @@ def with_members(message: dict, **changes) -> str:
 
 
 def poison_catalog(max_payload_bytes: int) -> list[tuple[str, object, str]]:
-    """(name, value, expected reject_reason): every reject kind of spark/transforms.py, fresh ids each call."""
-    from spark.transforms import (INVALID_JSON, MISSING_ID, MISSING_REQUIRED, PAYLOAD_TOO_LARGE, UNKNOWN_TIPO_EVENTO,
+    """(name, value, expected reject_reason): every reject kind of spark/validation.py, fresh ids each call."""
+    from spark.validation import (INVALID_JSON, MISSING_ID, MISSING_REQUIRED, PAYLOAD_TOO_LARGE, UNKNOWN_TIPO_EVENTO,
                                   UNPARSEABLE_TIMESTAMP, UNSTORABLE_TEXT, VERSION_OUT_OF_RANGE, WRONG_TYPE)
 
     return [

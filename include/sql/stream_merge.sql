@@ -1,46 +1,61 @@
--- Set-based merge of one staged micro-batch (see stream_staging.sql). Identifiers come from the entity
--- registry; every value is a bound parameter: %(token)s (the batch's stage token), %(entity)s (entity name).
+-- Set-based merge of one staged micro-batch (see stream_staging.sql), all in one transaction. Identifiers come
+-- from the entity registry; every value is a bound parameter: %(token)s (the batch's stage token), %(entity)s
+-- (an entity's name), %(batch_id)s, %(kind)s.
 -- jsonb_populate_record turns each staged document into a row of the target table's own type.
--- Staged rows are already newest-per-id; DISTINCT ON guards against a task retry staging a row twice, which
--- would otherwise make ON CONFLICT touch one row twice and fail the batch.
 
-{% macro staged(entity, stage, tombstones) -%}
-{{ stage | ident }} s CROSS JOIN LATERAL jsonb_populate_record(NULL::{{ entity.table | ident }}, s.doc) r
-WHERE s.stage_token = %(token)s AND s.kind = %(entity)s AND {% if not tombstones %}NOT {% endif %}s.deleted
+{% macro winners(stage, winners) -%}
+-- The newest staged row per entity and id: highest version; on a tie a tombstone, then the later Kafka record.
+-- Also absorbs a row staged twice by a retried task.
+CREATE TEMP TABLE {{ winners | ident }} ON COMMIT DROP AS
+SELECT DISTINCT ON (s.kind, s.id) s.kind, s.id, s.version, s.deleted, s.doc
+FROM {{ stage | ident }} s
+WHERE s.stage_token = %(token)s AND s.id IS NOT NULL
+ORDER BY s.kind, s.id, s.version DESC, s.deleted DESC, s.kafka_timestamp DESC, s.kafka_partition DESC,
+         s.kafka_offset DESC
 {%- endmacro %}
 
-{% macro record_deletions(entity, stage) -%}
+{% macro record_deletions(entity, winners) -%}
 -- Remember every tombstone, keeping the latest deletion time, so an older update replayed later stays dead.
 INSERT INTO deleted_records (entity, id, deleted_at)
-SELECT DISTINCT ON (r.{{ entity.key | ident }}) %(entity)s::text, r.{{ entity.key | ident }}, r.{{ entity.version_column | ident }}
-FROM {{ staged(entity, stage, tombstones=True) }}
-ORDER BY r.{{ entity.key | ident }}, r.{{ entity.version_column | ident }} DESC
+SELECT w.kind, w.id::uuid, w.version
+FROM {{ winners | ident }} w
+WHERE w.kind = %(entity)s AND w.deleted
 ON CONFLICT (entity, id) DO UPDATE SET deleted_at = EXCLUDED.deleted_at
 WHERE deleted_records.deleted_at < EXCLUDED.deleted_at
 {%- endmacro %}
 
-{% macro delete_tombstoned(entity, stage) -%}
--- A tombstone removes the row unless the row is newer than the deletion.
-DELETE FROM {{ entity.table | ident }} t
-USING (SELECT r.{{ entity.key | ident }}, r.{{ entity.version_column | ident }}
-       FROM {{ staged(entity, stage, tombstones=True) }}) d
-WHERE t.{{ entity.key | ident }} = d.{{ entity.key | ident }}
-  AND t.{{ entity.version_column | ident }} <= d.{{ entity.version_column | ident }}
+{% macro index_actions(winners) -%}
+-- What Elasticsearch gets, once deletions are recorded: every tombstone, and every update that no deletion at least
+-- as new suppresses (Elasticsearch forgets a deleted document's version after index.gc_deletes, Postgres does not).
+-- Versions are the version column's epoch microseconds.
+SELECT w.kind, w.id, (extract(epoch FROM w.version) * 1000000)::bigint, w.deleted, w.doc
+FROM {{ winners | ident }} w
+WHERE w.deleted OR NOT EXISTS (
+    SELECT 1 FROM deleted_records d
+    WHERE d.entity = w.kind AND d.id = w.id::uuid AND d.deleted_at >= w.version)
 {%- endmacro %}
 
-{% macro upsert(entity, stage) -%}
+{% macro delete_tombstoned(entity, winners) -%}
+-- A tombstone removes the row unless the row is newer than the deletion.
+DELETE FROM {{ entity.table | ident }} t
+USING {{ winners | ident }} w
+WHERE w.kind = %(entity)s AND w.deleted
+  AND t.{{ entity.key | ident }} = w.id::{{ entity.key_field.pg_type }}
+  AND t.{{ entity.version_column | ident }} <= w.version
+{%- endmacro %}
+
+{% macro upsert(entity, winners) -%}
 -- Newest wins: an update lands unless the stored row is newer or a deletion at least as new was recorded.
 INSERT INTO {{ entity.table | ident }} AS t (
 {%- for column in entity.columns %}{{ column.name | ident }}{% if not loop.last %}, {% endif %}{% endfor -%}
 )
-SELECT DISTINCT ON (r.{{ entity.key | ident }})
+SELECT
 {%- for column in entity.columns %} r.{{ column.name | ident }}{% if not loop.last %},{% endif %}{% endfor %}
-FROM {{ staged(entity, stage, tombstones=False) }}
+FROM {{ winners | ident }} w CROSS JOIN LATERAL jsonb_populate_record(NULL::{{ entity.table | ident }}, w.doc::jsonb) r
+WHERE w.kind = %(entity)s AND NOT w.deleted
   AND NOT EXISTS (
       SELECT 1 FROM deleted_records d
-      WHERE d.entity = %(entity)s AND d.id = r.{{ entity.key | ident }}
-        AND d.deleted_at >= r.{{ entity.version_column | ident }})
-ORDER BY r.{{ entity.key | ident }}, r.{{ entity.version_column | ident }} DESC
+      WHERE d.entity = %(entity)s AND d.id = w.id::uuid AND d.deleted_at >= w.version)
 ON CONFLICT ({{ entity.key | ident }}) DO UPDATE SET
 {%- for column in entity.columns if column.name != entity.key %}
     {{ column.name | ident }} = EXCLUDED.{{ column.name | ident }}{% if not loop.last %},{% endif %}
@@ -48,22 +63,11 @@ ON CONFLICT ({{ entity.key | ident }}) DO UPDATE SET
 WHERE t.{{ entity.version_column | ident }} <= EXCLUDED.{{ entity.version_column | ident }}
 {%- endmacro %}
 
-{% macro suppressed_ids(entity, stage) -%}
--- Updates the upsert skipped because of a recorded deletion: the Elasticsearch sink must skip them too
--- (Elasticsearch forgets a deleted document's version after index.gc_deletes).
-SELECT r.{{ entity.key | ident }}::text
-FROM {{ staged(entity, stage, tombstones=False) }}
-  AND EXISTS (
-      SELECT 1 FROM deleted_records d
-      WHERE d.entity = %(entity)s AND d.id = r.{{ entity.key | ident }}
-        AND d.deleted_at >= r.{{ entity.version_column | ident }})
-{%- endmacro %}
-
 {% macro insert_dead_letters(stage) -%}
 -- A replayed batch records each reject once: (topic, partition, offset) is unique.
 INSERT INTO dead_letters (stage, entity, reason, raw_payload, topic, kafka_partition, kafka_offset, batch_id)
-SELECT 'stream', r.entity, r.reason, r.raw_payload, r.topic, r.kafka_partition, r.kafka_offset, r.batch_id
-FROM {{ stage | ident }} s CROSS JOIN LATERAL jsonb_populate_record(NULL::dead_letters, s.doc) r
+SELECT 'stream', r.entity, r.reason, r.raw_payload, r.topic, r.kafka_partition, r.kafka_offset, %(batch_id)s
+FROM {{ stage | ident }} s CROSS JOIN LATERAL jsonb_populate_record(NULL::dead_letters, s.doc::jsonb) r
 WHERE s.stage_token = %(token)s AND s.kind = %(kind)s
 ON CONFLICT (topic, kafka_partition, kafka_offset) WHERE kafka_offset IS NOT NULL DO NOTHING
 {%- endmacro %}

@@ -1,12 +1,27 @@
--- Staging of the streaming job's Postgres sink. Each micro-batch is bulk-loaded here in one batched JDBC write
--- from the executors (every entity's newest-per-id rows and the rejects, as JSON documents) under its own
--- stage_token, then merged set-based in one transaction (stream_merge.sql).
--- UNLOGGED: the rows live for seconds and can always be replayed from Kafka, so they need no WAL.
+-- Staging of the streaming job's Postgres sink. Each micro-batch's documents (every valid row and every reject,
+-- spark/transforms.py) are COPYed here from the executors under the batch's stage_token, then merged set-based in
+-- one transaction (stream_merge.sql), which also picks the newest row per id from the Kafka position kept here.
+-- UNLOGGED: the rows live for seconds and can always be replayed from Kafka, so they need no WAL. For the same
+-- reason a table of an older shape is replaced rather than migrated.
+DO $$
+BEGIN
+    IF to_regclass('{{ stage | ident }}') IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM pg_attribute
+        WHERE attrelid = to_regclass('{{ stage | ident }}') AND attname = 'kafka_offset' AND NOT attisdropped
+    ) THEN
+        DROP TABLE {{ stage | ident }};
+    END IF;
+END $$;
 CREATE UNLOGGED TABLE IF NOT EXISTS {{ stage | ident }} (
-    stage_token uuid        NOT NULL,
-    kind        text        NOT NULL,   -- an entity name, or 'dead_letter'
-    deleted     boolean     NOT NULL,   -- a tombstone
-    doc         jsonb       NOT NULL,   -- the row, one member per column of the target table
-    staged_at   timestamptz NOT NULL DEFAULT now()
+    stage_token     uuid        NOT NULL,
+    kind            text        NOT NULL,   -- an entity name, or 'dead_letter'
+    id              text,                   -- the entity key (null for a dead letter)
+    version         timestamptz,            -- the entity's version column (null for a dead letter)
+    deleted         boolean     NOT NULL,   -- a tombstone
+    kafka_timestamp timestamptz NOT NULL,
+    kafka_partition integer     NOT NULL,
+    kafka_offset    bigint      NOT NULL,
+    doc             text        NOT NULL,   -- JSON: the row, one member per column of the target table
+    staged_at       timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS {{ (stage ~ "_token") | ident }} ON {{ stage | ident }} (stage_token, kind);

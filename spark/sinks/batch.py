@@ -1,8 +1,9 @@
-"""The foreachBatch function: merge a validated micro-batch into Postgres, then bulk it into Elasticsearch.
+"""The foreachBatch function: merge a micro-batch into Postgres and bulk its newest rows into Elasticsearch.
 
-The stream reaches it already validated (transforms.with_validation is applied to the streaming DataFrame, so its
-large expression is analysed once per query, not once per batch). Per batch it runs three Spark jobs: count the
-outcomes, stage the documents in Postgres, bulk them into Elasticsearch; and one Postgres transaction (the merge).
+The stream reaches it as documents (transforms.to_documents is applied to the streaming DataFrame). Per batch:
+one Spark job, in which every task validates its Kafka rows and COPYs them into Postgres staging; then one Postgres
+transaction (the merge). The Elasticsearch bulk starts, in a thread of the driver, as soon as the merge has recorded
+the batch's deletions and listed what Elasticsearch must get, and runs while the upsert does.
 
 Nothing here catches a sink's exception: a failure propagates out of foreachBatch, the query stops with it, the
 checkpoint keeps the batch uncommitted and the next start replays it. Both sinks are idempotent under replay
@@ -11,33 +12,25 @@ checkpoint keeps the batch uncommitted and the next start replays it. Both sinks
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 
-from include.entities import ENTITIES
 from spark.sinks.elastic import ElasticsearchSink
-from spark.sinks.postgres import PostgresSink
-from spark.transforms import (OUTCOME, REJECTED, dead_letter_documents, filter_entity, to_dead_letters, to_documents,
-                              with_newest_per_id)
+from spark.sinks.postgres import MergeResult, PostgresSink
 
 log = logging.getLogger(__name__)
 
 
-def batch_documents(checked: DataFrame, batch_id: int) -> tuple[dict[str, int], DataFrame | None]:
-    """Count a validated batch's outcomes (one Spark job), then derive its documents: the newest-per-id rows of each
-    entity present and the dead letters (None when the batch is empty)."""
-    outcomes = {row[OUTCOME]: row["count"] for row in checked.groupBy(OUTCOME).count().collect()}
-    parts = [
-        checked.transform(filter_entity(entity)).transform(with_newest_per_id(entity)).transform(to_documents(entity))
-        for entity in ENTITIES if outcomes.get(entity.name)
-    ]
-    if outcomes.get(REJECTED):
-        parts.append(checked.transform(to_dead_letters(batch_id)).transform(dead_letter_documents))
-    return outcomes, functools.reduce(DataFrame.unionByName, parts) if parts else None
+@dataclass(frozen=True)
+class BatchReport:
+    merged: MergeResult
+    indexed: dict[str, int]
+    bulk_seconds: float  # from the bulk's start to its end, concurrent with the end of the merge
+    seconds: float
 
 
 class MicroBatchSink:
@@ -45,27 +38,27 @@ class MicroBatchSink:
         self.postgres = postgres
         self.elastic = elastic
 
-    def __call__(self, checked: DataFrame, batch_id: int) -> None:
+    def _timed_write(self, actions) -> tuple[dict[str, int], float]:
         started = time.monotonic()
-        persisted = [checked.persist(StorageLevel.MEMORY_AND_DISK)]
-        try:
-            outcomes, documents = batch_documents(checked, batch_id)
-            if documents is None:
-                return
-            # Read twice (staging, then bulk): keep the rendered documents rather than recompute them.
-            persisted.append(documents.persist(StorageLevel.MEMORY_AND_DISK))
-            counted = time.monotonic()
-            merged = self.postgres.write(documents)
-            merged_at = time.monotonic()
-            indexed = self.elastic.write(documents, merged.suppressed)
-            log.info(
-                "batch %s: messages %s; postgres upserted %s, deleted %s, suppressed by deletion %s, "
-                "dead letters %s; elasticsearch %s; seconds: count %.2f, stage %.2f, merge %.2f, bulk %.2f",
-                batch_id, outcomes, merged.upserted, merged.deleted,
-                {name: len(ids) for name, ids in merged.suppressed.items()}, merged.dead_letters, indexed,
-                counted - started, merged.stage_seconds, merged.merge_seconds, time.monotonic() - merged_at,
-            )
-        finally:
-            # Releasing the cache is all this does; an exception keeps propagating.
-            for frame in persisted:
-                frame.unpersist()
+        return self.elastic.write(actions), time.monotonic() - started
+
+    def write(self, documents: DataFrame, batch_id: int) -> BatchReport:
+        started = time.monotonic()
+        bulk: list[Future] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulk") as pool:
+            merged = self.postgres.write(
+                documents, batch_id, on_index_actions=lambda actions: bulk.append(pool.submit(self._timed_write,
+                                                                                              actions)))
+            # A failed merge has raised by now, after the pool waited for the bulk; a failed bulk raises here.
+            indexed, bulk_seconds = bulk[0].result() if bulk else ({}, 0.0)
+        report = BatchReport(merged, indexed, round(bulk_seconds, 3), round(time.monotonic() - started, 3))
+        log.info(
+            "batch %s: staged %s; postgres upserted %s, deleted %s, dead letters %s; elasticsearch %s; "
+            "seconds: stage %.2f, merge %.2f, bulk %.2f, total %.2f",
+            batch_id, merged.staged, merged.upserted, merged.deleted, merged.dead_letters, indexed,
+            merged.stage_seconds, merged.merge_seconds, report.bulk_seconds, report.seconds,
+        )
+        return report
+
+    def __call__(self, documents: DataFrame, batch_id: int) -> None:
+        self.write(documents, batch_id)

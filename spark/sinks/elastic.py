@@ -1,11 +1,13 @@
-"""Elasticsearch sink: versioned bulk writes from the executors with the Python client's bulk helper.
+"""Elasticsearch sink: versioned bulk writes of a micro-batch's newest rows with the Python client's bulk helper.
 
-ES-Hadoop publishes no Spark 4 connector, so each partition of a batch streams its documents through
-`helpers.streaming_bulk`. A document's `_id` is the entity id and its version the epoch-microseconds of the
-entity's version column, with `version_type=external_gte`: an older version cannot overwrite a newer document and
-a replay (same version) rewrites it unchanged. Tombstones are deletes with the same external version.
+ES-Hadoop publishes no Spark 4 connector. The rows come from the Postgres merge (postgres.IndexAction: the newest
+row per id, minus the updates a recorded deletion suppresses), so the driver writes them, split over
+`max_connections` threads that each stream their share through `helpers.streaming_bulk`. A document's `_id` is the
+entity id and its version the epoch-microseconds of the entity's version column, with `version_type=external_gte`:
+an older version cannot overwrite a newer document and a replay (same version) rewrites it unchanged. Tombstones
+are deletes with the same external version.
 
-The documents are those spark/transforms.py rendered (the same JSON the Postgres sink stages). A bulk response of
+`_source` is the JSON text spark/transforms.py rendered (the same document Postgres loaded). A bulk response of
 200 can hide failed items, so every item is inspected: a version conflict (stale data) and deleting an absent
 document are the intended outcomes; 429 and 5xx are retried with exponential backoff; anything else, or retries
 running out, raises and fails the batch.
@@ -13,21 +15,16 @@ running out, raises and fails the batch.
 
 from __future__ import annotations
 
-import functools
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Sequence
 
-from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
-
-from include.entities import ENTITIES, Entity
+from include.entities import BY_NAME, Entity
 from include.schema import ensure_index
-from spark.transforms import DELETED, DOCUMENT, DOCUMENT_ID, DOCUMENT_VERSION, KIND
 
 RETRY_STATUS = (429, 500, 502, 503, 504)
 VERSION_TYPE = "external_gte"
-INDEX = "index"
 
 
 class BulkItemError(RuntimeError):
@@ -38,12 +35,12 @@ def index_name(entity: Entity, prefix: str = "") -> str:
     return f"{prefix}_{entity.index}" if prefix else entity.index
 
 
-def action(row) -> dict:
-    """The bulk action of one document row; `_source` stays the JSON text Spark rendered."""
-    operation = {"_op_type": "delete" if row[DELETED] else "index", "_index": row[INDEX], "_id": row[DOCUMENT_ID],
-                 "version": row[DOCUMENT_VERSION], "version_type": VERSION_TYPE}
-    if not row[DELETED]:
-        operation["_source"] = row[DOCUMENT]
+def action(index: str, document_id: str, version: int, deleted: bool, document: str | None) -> dict:
+    """The bulk action of one document; `_source` stays the JSON text as rendered."""
+    operation = {"_op_type": "delete" if deleted else "index", "_index": index, "_id": document_id,
+                 "version": version, "version_type": VERSION_TYPE}
+    if not deleted:
+        operation["_source"] = document
     return operation
 
 
@@ -64,63 +61,62 @@ def outcome(ok: bool, item: dict) -> str:
     )
 
 
-def write_partition(rows: Iterable, *, es_url: str, chunk_size: int, max_retries: int, initial_backoff: float,
-                    max_backoff: float, request_timeout: float) -> Iterator[dict[str, int]]:
-    """Bulk-write one partition's document rows; yields its outcome counts (one dict)."""
-    from elasticsearch import Elasticsearch
+def bulk_write(client, actions: Iterable[dict], *, chunk_size: int, max_retries: int, initial_backoff: float,
+               max_backoff: float) -> dict[str, int]:
+    """Bulk-write actions through one client; returns their outcome counts."""
     from elasticsearch.helpers import streaming_bulk
 
     counts: Counter = Counter()
-    client = Elasticsearch(es_url, request_timeout=request_timeout)
-    try:
-        for ok, item in streaming_bulk(
-            client, map(action, rows), chunk_size=chunk_size, max_retries=max_retries,
-            initial_backoff=initial_backoff, max_backoff=max_backoff, retry_on_status=RETRY_STATUS,
-            raise_on_error=False,  # items come back to `outcome`, which decides
-        ):
-            counts[outcome(ok, item)] += 1
-    finally:
-        client.close()
-    yield dict(counts)
+    for ok, item in streaming_bulk(
+        client, actions, chunk_size=chunk_size, max_retries=max_retries, initial_backoff=initial_backoff,
+        max_backoff=max_backoff, retry_on_status=RETRY_STATUS,
+        raise_on_error=False,  # items come back to `outcome`, which decides
+    ):
+        counts[outcome(ok, item)] += 1
+    return dict(counts)
 
 
 @dataclass(frozen=True)
 class ElasticsearchSink:
     es_url: str
     index_prefix: str = ""
-    chunk_size: int = 1000
+    chunk_size: int = 500
     max_retries: int = 5
     initial_backoff: float = 0.5
     max_backoff: float = 30.0
     request_timeout: float = 60.0
-    max_connections: int = 4  # partitions, hence concurrent bulk clients, per batch
+    max_connections: int = 4  # concurrent bulk requests
 
     def index_name(self, entity: Entity) -> str:
         return index_name(entity, self.index_prefix)
 
-    def ensure_indices(self, entities: Iterable[Entity]) -> list[str]:
-        """Create missing indices with the registry's mappings (never left to dynamic auto-creation)."""
+    def client(self):
         from elasticsearch import Elasticsearch
 
-        with Elasticsearch(self.es_url, request_timeout=self.request_timeout) as client:
+        return Elasticsearch(self.es_url, request_timeout=self.request_timeout)
+
+    def ensure_indices(self, entities: Iterable[Entity]) -> list[str]:
+        """Create missing indices with the registry's mappings (never left to dynamic auto-creation)."""
+        with self.client() as client:
             return [ensure_index(client, entity, self.index_name(entity)) for entity in entities]
 
-    def write(self, documents: DataFrame, suppressed: dict[str, list[str]]) -> dict[str, int]:
-        """Bulk-write a batch's entity documents (transforms.DOCUMENT_COLUMNS; other kinds are skipped) minus the
-        updates Postgres suppressed; returns the outcome counts."""
-        indices = F.create_map(*[F.lit(v) for e in ENTITIES for v in (e.name, self.index_name(e))])
-        entity_documents = documents.where(F.col(KIND).isin(*[e.name for e in ENTITIES]))
-        skipped = [(kind, record_id) for kind, ids in suppressed.items() for record_id in ids]
-        if skipped:
-            skip = documents.sparkSession.createDataFrame(skipped, f"{KIND} string, {DOCUMENT_ID} string")
-            entity_documents = entity_documents.join(F.broadcast(skip), [KIND, DOCUMENT_ID], "left_anti")
-        rows = entity_documents.select(indices[F.col(KIND)].alias(INDEX), DOCUMENT_ID, DOCUMENT_VERSION, DELETED,
-                                       DOCUMENT).coalesce(self.max_connections)
-        write = functools.partial(
-            write_partition, es_url=self.es_url, chunk_size=self.chunk_size, max_retries=self.max_retries,
-            initial_backoff=self.initial_backoff, max_backoff=self.max_backoff, request_timeout=self.request_timeout,
-        )
+    def write(self, rows: Sequence[tuple]) -> dict[str, int]:
+        """Bulk-write (kind, id, version, deleted, doc) rows (postgres.IndexAction); returns the outcome counts."""
+        if not rows:
+            return {}
+        indices = {kind: self.index_name(entity) for kind, entity in BY_NAME.items()}
+        shares = max(1, min(self.max_connections, len(rows) // self.chunk_size))
+        size = -(-len(rows) // shares)
+
+        def write_share(client, share: Sequence[tuple]) -> dict[str, int]:
+            return bulk_write(client, (action(indices[kind], *rest) for kind, *rest in share),
+                              chunk_size=self.chunk_size, max_retries=self.max_retries,
+                              initial_backoff=self.initial_backoff, max_backoff=self.max_backoff)
+
         totals: Counter = Counter()
-        for counts in rows.rdd.mapPartitions(write).collect():
-            totals.update(counts)
+        with self.client() as client, ThreadPoolExecutor(max_workers=shares) as pool:
+            futures = [pool.submit(write_share, client, rows[start:start + size])
+                       for start in range(0, len(rows), size)]
+            for future in futures:
+                totals.update(future.result())
         return dict(totals)

@@ -1,12 +1,13 @@
-"""Postgres sink: stage a micro-batch with one batched JDBC write from the executors, then merge it set-based.
+"""Postgres sink: COPY a micro-batch into staging from the executors, then merge it set-based in one transaction.
 
-Per batch: the batch's documents (transforms.to_documents / dead_letter_documents: every entity's newest-per-id
-rows and the rejects, each as one JSON object) are appended to the UNLOGGED staging table under a fresh stage
-token (stream_staging.sql). Then ONE transaction runs, per entity, the statements of stream_merge.sql: record
-tombstones in deleted_records, delete tombstoned rows that are not newer, one INSERT ... SELECT ... ON CONFLICT
-upsert guarded by the version column, and list the updates a recorded deletion suppressed (for the Elasticsearch
-sink); then inserts the dead letters once per Kafka offset and clears the staged rows. No statement is per row.
-Any failure raises: the transaction rolls back and the batch is replayed from the checkpoint.
+Per batch: every task COPYs its partition of the batch's documents (spark/transforms.py: valid rows and rejects,
+each one JSON object, with its Kafka position) into the UNLOGGED staging table under the batch's stage token, in
+its own transaction (stream_staging.sql). Then ONE transaction runs stream_merge.sql: pick the newest staged row per
+id, and per entity record tombstones in deleted_records, delete tombstoned rows that are not newer, and upsert
+guarded by the version column; then insert the dead letters once per Kafka offset and clear the staged rows. No
+statement is per row. Once the deletions are recorded, the rows Elasticsearch must get are handed to
+`on_index_actions`, so the bulk can run while the upsert does. Any failure raises: the transaction rolls back and
+the batch is replayed from the checkpoint.
 """
 
 from __future__ import annotations
@@ -15,37 +16,45 @@ import logging
 import re
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
+from typing import Callable
 
 import psycopg
 from psycopg import sql
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from include.entities import ENTITIES, Entity
 from include.schema import STREAM_STAGE_TABLE, quote_ident, render_sql_macro
 from include.settings import Settings
-from spark.transforms import DEAD_LETTER, DELETED, DOCUMENT, KIND
+from spark.transforms import DEAD_LETTER, DELETED, DOCUMENT, DOCUMENT_ID, DOCUMENT_VERSION, KIND
 
 log = logging.getLogger(__name__)
 
 MERGE_SQL = "stream_merge.sql"
-STAGE_TOKEN = "stage_token"
+WINNERS_TABLE = "stream_winners"  # temporary, dropped at commit
 # Staged rows older than this belong to an attempt that died before its merge; any merge sweeps them.
 STALE_STAGE_AFTER = "1 hour"
+# Document columns -> staging columns, in COPY order (after stage_token).
+STAGED_COLUMNS = {KIND: "kind", DOCUMENT_ID: "id", DOCUMENT_VERSION: "version", DELETED: "deleted",
+                  "timestamp": "kafka_timestamp", "partition": "kafka_partition", "offset": "kafka_offset",
+                  DOCUMENT: "doc"}
+STAGED_COUNTS_SCHEMA = "kind string, rows long"
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+# (kind, id, version in epoch microseconds, deleted, doc): a row Elasticsearch must get.
+IndexAction = tuple[str, str, int, bool, str]
 
 
 def check_schema_name(schema: str) -> str:
-    """A search_path value that needs no quoting in libpq/JDBC `options` (lower-case identifier)."""
+    """A search_path value that needs no quoting (lower-case identifier)."""
     if not _SCHEMA_NAME.match(schema):
         raise ValueError(f"Postgres schema {schema!r} must be a lower-case identifier ([a-z_][a-z0-9_]*)")
     return schema
 
 
-def connect(settings: Settings, schema: str | None = None, **kwargs) -> psycopg.Connection:
-    """A warehouse session with the settings' statement timeout, optionally on another schema."""
-    connection = psycopg.connect(settings.pg_dsn(settings.pg_warehouse_db), **kwargs)
+def connect_dsn(dsn: str, schema: str | None = None, **kwargs) -> psycopg.Connection:
+    connection = psycopg.connect(dsn, **kwargs)
     if schema:
         # SET rather than an `options` argument, which would replace the DSN's statement_timeout.
         connection.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(check_schema_name(schema))))
@@ -54,78 +63,99 @@ def connect(settings: Settings, schema: str | None = None, **kwargs) -> psycopg.
     return connection
 
 
+def connect(settings: Settings, schema: str | None = None, **kwargs) -> psycopg.Connection:
+    """A warehouse session with the settings' statement timeout, optionally on another schema."""
+    return connect_dsn(settings.pg_dsn(settings.pg_warehouse_db), schema, **kwargs)
+
+
+def copy_statement() -> str:
+    columns = ", ".join(quote_ident(c) for c in ("stage_token", *STAGED_COLUMNS.values()))
+    return f"COPY {quote_ident(STREAM_STAGE_TABLE)} ({columns}) FROM STDIN"
+
+
+def stage_partition(dsn: str, schema: str | None, token: str) -> Callable:
+    """The mapInArrow function of one task: COPY its documents under `token`, yield its row count per kind."""
+    statement = copy_statement()
+
+    def stage(batches):
+        import pyarrow as pa
+
+        counts: Counter = Counter()
+        with connect_dsn(dsn, schema) as connection, connection.cursor() as cursor:
+            with cursor.copy(statement) as copy:
+                for batch in batches:
+                    columns = [batch.column(name).to_pylist() for name in STAGED_COLUMNS]
+                    for row in zip(*columns):
+                        copy.write_row((token, *row))
+                    counts.update(columns[0])
+        # Leaving the `with` block committed this task's rows.
+        yield pa.RecordBatch.from_pydict({"kind": list(counts), "rows": list(counts.values())})
+
+    return stage
+
+
 @dataclass(frozen=True)
 class MergeResult:
+    staged: dict[str, int]  # kind -> rows, dead letters included
     upserted: dict[str, int]
     deleted: dict[str, int]
-    suppressed: dict[str, list[str]]  # entity name -> ids whose update a recorded deletion suppressed
     dead_letters: int
+    index_actions: int
     stage_seconds: float
     merge_seconds: float
 
 
-def _merge_statements(entity: Entity) -> dict[str, str]:
-    return {macro: render_sql_macro(MERGE_SQL, macro, entity=entity, stage=STREAM_STAGE_TABLE)
-            for macro in ("record_deletions", "delete_tombstoned", "upsert", "suppressed_ids")}
+def _entity_statements(entity: Entity) -> dict[str, str]:
+    return {macro: render_sql_macro(MERGE_SQL, macro, entity=entity, winners=WINNERS_TABLE)
+            for macro in ("record_deletions", "delete_tombstoned", "upsert")}
 
 
 class PostgresSink:
-    def __init__(self, settings: Settings, schema: str | None = None, jdbc_batch_size: int = 5000,
-                 jdbc_max_connections: int = 4):
+    def __init__(self, settings: Settings, schema: str | None = None):
         self.settings = settings
         self.schema = check_schema_name(schema) if schema else None
-        self.jdbc_batch_size = jdbc_batch_size
-        self.jdbc_max_connections = jdbc_max_connections
-        self._entity_statements = {entity: _merge_statements(entity) for entity in ENTITIES}
-        self._dead_letters_statement = render_sql_macro(MERGE_SQL, "insert_dead_letters", stage=STREAM_STAGE_TABLE)
-        self._clear_statement = render_sql_macro(MERGE_SQL, "clear_stage", stage=STREAM_STAGE_TABLE)
+        self._winners = render_sql_macro(MERGE_SQL, "winners", stage=STREAM_STAGE_TABLE, winners=WINNERS_TABLE)
+        self._entity_statements = {entity: _entity_statements(entity) for entity in ENTITIES}
+        self._index_actions = render_sql_macro(MERGE_SQL, "index_actions", winners=WINNERS_TABLE)
+        self._dead_letters = render_sql_macro(MERGE_SQL, "insert_dead_letters", stage=STREAM_STAGE_TABLE)
+        self._clear = render_sql_macro(MERGE_SQL, "clear_stage", stage=STREAM_STAGE_TABLE)
 
     def connect(self, **kwargs) -> psycopg.Connection:
         return connect(self.settings, self.schema, **kwargs)
 
-    def jdbc_options(self) -> dict[str, str]:
-        s = self.settings
-        options = f"-c statement_timeout={s.pg_statement_timeout_ms}"
-        if self.schema:
-            options += f" -c search_path={self.schema}"
-        return {
-            "url": f"jdbc:postgresql://{s.pg_host}:{s.pg_port}/{s.pg_warehouse_db}",
-            "driver": "org.postgresql.Driver",
-            "user": s.pg_user,
-            "password": s.pg_password,
-            "options": options,
-            # Strings go out untyped so PostgreSQL casts them to the column's type (uuid, jsonb).
-            "stringtype": "unspecified",
-            "reWriteBatchedInserts": "true",
-            "batchsize": str(self.jdbc_batch_size),
-            "numPartitions": str(self.jdbc_max_connections),
-        }
+    def stage(self, documents: DataFrame, token: str) -> dict[str, int]:
+        """COPY the documents (transforms.DOCUMENT_SCHEMA) into staging from the executors: one Spark job."""
+        stage = stage_partition(self.settings.pg_dsn(self.settings.pg_warehouse_db), self.schema, token)
+        totals: Counter = Counter()
+        for row in documents.mapInArrow(stage, STAGED_COUNTS_SCHEMA).collect():
+            totals[row["kind"]] += row["rows"]
+        return dict(totals)
 
-    def write(self, documents: DataFrame) -> MergeResult:
-        """Stage and merge one micro-batch's documents (columns of transforms.DOCUMENT_COLUMNS)."""
+    def write(self, documents: DataFrame, batch_id: int,
+              on_index_actions: Callable[[list[IndexAction]], None] | None = None) -> MergeResult:
+        """Stage and merge one micro-batch's documents."""
         token = str(uuid.uuid4())
         started = time.monotonic()
-        (documents.select(F.lit(token).alias(STAGE_TOKEN), KIND, DELETED, DOCUMENT)
-         .write.format("jdbc").options(**self.jdbc_options()).option("dbtable", quote_ident(STREAM_STAGE_TABLE))
-         .mode("append").save())
-        staged = time.monotonic()
-
-        upserted, deleted, suppressed = {}, {}, {}
-        with self.connect() as connection, connection.cursor() as cursor:
-            for entity, statements in self._entity_statements.items():
-                params = {"token": token, "entity": entity.name}
-                cursor.execute(statements["record_deletions"], params)
-                cursor.execute(statements["delete_tombstoned"], params)
-                deleted[entity.name] = cursor.rowcount
-                cursor.execute(statements["upsert"], params)
-                upserted[entity.name] = cursor.rowcount
-                cursor.execute(statements["suppressed_ids"], params)
-                ids = [row[0] for row in cursor.fetchall()]
-                if ids:
-                    suppressed[entity.name] = ids
-            cursor.execute(self._dead_letters_statement, {"token": token, "kind": DEAD_LETTER})
-            dead_letters = cursor.rowcount
-            cursor.execute(self._clear_statement, {"token": token, "stale_after": STALE_STAGE_AFTER})
-        # Leaving the `with` block committed the transaction.
-        return MergeResult(upserted, deleted, suppressed, dead_letters,
-                           round(staged - started, 3), round(time.monotonic() - staged, 3))
+        staged = self.stage(documents, token)
+        staged_at = time.monotonic()
+        upserted, deleted, actions, dead_letters = {}, {}, [], 0
+        if staged:
+            params = {"token": token, "batch_id": batch_id, "kind": DEAD_LETTER, "stale_after": STALE_STAGE_AFTER}
+            with self.connect() as connection, connection.cursor() as cursor:
+                cursor.execute(self._winners, params)
+                for entity, statements in self._entity_statements.items():
+                    cursor.execute(statements["record_deletions"], {"entity": entity.name})
+                actions = cursor.execute(self._index_actions).fetchall()
+                if on_index_actions and actions:
+                    on_index_actions(actions)
+                for entity, statements in self._entity_statements.items():
+                    cursor.execute(statements["delete_tombstoned"], {"entity": entity.name})
+                    deleted[entity.name] = cursor.rowcount
+                    cursor.execute(statements["upsert"], {"entity": entity.name})
+                    upserted[entity.name] = cursor.rowcount
+                cursor.execute(self._dead_letters, params)
+                dead_letters = cursor.rowcount
+                cursor.execute(self._clear, params)
+            # Leaving the `with` block committed the transaction.
+        return MergeResult(staged, upserted, deleted, dead_letters, len(actions),
+                           round(staged_at - started, 3), round(time.monotonic() - staged_at, 3))

@@ -13,17 +13,11 @@ import pytest
 
 from include.contract import tombstone_message
 from include.entities import ENTITIES, LEAD
-from spark import transforms as T
+from spark import validation as V
 from spark.sinks import elastic as E
-from spark.sinks.batch import batch_documents
-from tests.stream_support import T0, chat_message, evento_message, kafka_frame, lead_message
+from tests.stream_support import T0, as_bytes, chat_message, evento_message, lead_message
 
 HOUR = dt.timedelta(hours=1)
-
-
-@pytest.fixture(scope="module")
-def validation(spark):
-    return T.with_validation(64 * 1024)
 
 
 @pytest.fixture
@@ -33,23 +27,29 @@ def sink(settings, es_prefix):
     return sink
 
 
+def micros(timestamp: dt.datetime) -> int:
+    return round(timestamp.timestamp() * 1_000_000)
+
+
+def index_actions(values) -> list[tuple]:
+    """The rows the Postgres merge would hand on for these messages (each id once): (kind, id, version, deleted,
+    doc), the document rendered as the job renders it."""
+    rows = []
+    for value in values:
+        verdict = V.validate(as_bytes(value), 64 * 1024)
+        rows.append((verdict.entity.name, verdict.key, micros(verdict.version), verdict.deleted,
+                     V.render(verdict.row)))
+    return rows
+
+
 @pytest.fixture
-def write(spark, sink, validation, es):
-    def run(values, suppressed=None):
-        checked = kafka_frame(spark, values).transform(validation).cache()
-        try:
-            _, documents = batch_documents(checked, 0)
-            counts = sink.write(documents, suppressed or {})
-        finally:
-            checked.unpersist()
+def write(sink, es):
+    def run(values):
+        counts = sink.write(index_actions(values))
         es.indices.refresh(index=",".join(sink.index_name(e) for e in ENTITIES))
         return counts
 
     return run
-
-
-def micros(timestamp: dt.datetime) -> int:
-    return round(timestamp.timestamp() * 1_000_000)
 
 
 def instant(text: str) -> dt.datetime:
@@ -100,22 +100,22 @@ def test_tombstones_delete_unless_the_document_is_newer(es, sink, write):
     assert not es.exists(index=sink.index_name(LEAD), id=deleted)
 
 
-def test_updates_suppressed_by_postgres_are_not_written(es, sink, write):
-    skipped, written = lead_message(), lead_message()
-    assert write([skipped, written], suppressed={"lead": [skipped["id"]]}) == {"indexed": 1}
-    assert not es.exists(index=sink.index_name(LEAD), id=skipped["id"])
-    assert es.exists(index=sink.index_name(LEAD), id=written["id"])
+def test_a_batch_is_split_over_concurrent_bulk_requests(es, sink, write):
+    leads = [lead_message() for _ in range(3 * sink.chunk_size + 7)]
+    assert write(leads) == {"indexed": len(leads)}
+    assert es.count(index=sink.index_name(LEAD))["count"] == len(leads)
 
 
 def _row(index: str, doc_id: str, source: dict | None, version: int = 1) -> dict:
-    return {E.INDEX: index, T.DOCUMENT_ID: doc_id, T.DOCUMENT_VERSION: version, T.DELETED: source is None,
-            T.DOCUMENT: None if source is None else json.dumps(source)}
+    return E.action(index, doc_id, version, source is None, None if source is None else json.dumps(source))
 
 
 def _write(es_url: str, rows: list[dict], max_retries: int = 3, initial_backoff: float = 0.2) -> dict:
-    (counts,) = E.write_partition(rows, es_url=es_url, chunk_size=100, max_retries=max_retries,
-                                  initial_backoff=initial_backoff, max_backoff=1.0, request_timeout=10)
-    return counts
+    from elasticsearch import Elasticsearch
+
+    with Elasticsearch(es_url, request_timeout=10) as client:
+        return E.bulk_write(client, rows, chunk_size=100, max_retries=max_retries, initial_backoff=initial_backoff,
+                            max_backoff=1.0)
 
 
 def test_an_item_rejected_by_the_mapping_fails_the_partition(settings, sink):

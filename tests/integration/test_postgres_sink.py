@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -11,17 +13,11 @@ from include.contract import tombstone_message
 from include.entities import CHAT_SESSION, LEAD
 from include.schema import STREAM_STAGE_TABLE, quote_ident
 from spark import transforms as T
-from spark.sinks.batch import batch_documents
-from spark.sinks.postgres import PostgresSink
+from spark.sinks.postgres import PostgresSink, connect_dsn
 from tests.stream_support import T0, chat_message, evento_message, kafka_frame, lead_message
 
 MAX_BYTES = 64 * 1024
 HOUR = dt.timedelta(hours=1)
-
-
-@pytest.fixture(scope="module")
-def validation(spark):
-    return T.with_validation(MAX_BYTES)
 
 
 @pytest.fixture
@@ -37,18 +33,19 @@ def db(sink):
 
 
 @pytest.fixture
-def write(spark, sink, validation):
-    """Validate literal messages as one batch and write them through the sink."""
+def write(spark, sink):
+    """Validate literal messages as one batch and write them through the sink; the result also holds the rows the
+    merge handed on for Elasticsearch (`actions`: kind -> ids)."""
     offsets = iter(range(0, 1_000_000, 1000))
 
     def run(values, batch_id=0, start_offset=None):
         batch = kafka_frame(spark, values, start_offset=next(offsets) if start_offset is None else start_offset)
-        checked = batch.transform(validation).cache()
-        try:
-            _, documents = batch_documents(checked, batch_id)
-            return sink.write(documents)
-        finally:
-            checked.unpersist()
+        handed = []
+        result = sink.write(batch.transform(T.to_documents(MAX_BYTES)), batch_id, on_index_actions=handed.extend)
+        actions = {}
+        for kind, record_id, *_ in handed:
+            actions.setdefault(kind, []).append(record_id)
+        return SimpleNamespace(**dataclasses.asdict(result), actions=actions)
 
     return run
 
@@ -112,7 +109,7 @@ def test_tombstone_deletes_and_older_updates_cannot_resurrect(db, write):
     for version in (T0 + HOUR, T0 + 2 * HOUR):  # older, and as old as the deletion
         replayed = write([lead_message(id=record_id, updated_at=version)])
         assert replayed.upserted["lead"] == 0
-        assert replayed.suppressed == {"lead": [record_id]}
+        assert replayed.actions == {}  # nor does Elasticsearch get it
         assert db.execute("SELECT count(*) FROM leads").fetchone()[0] == 0
 
     # An older tombstone does not move the recorded deletion back.
@@ -120,7 +117,7 @@ def test_tombstone_deletes_and_older_updates_cannot_resurrect(db, write):
     assert db.execute("SELECT deleted_at FROM deleted_records").fetchone()[0] == T0 + 2 * HOUR
 
     recreated = write([lead_message(id=record_id, updated_at=T0 + 3 * HOUR, nome="de volta")])
-    assert recreated.upserted["lead"] == 1 and recreated.suppressed == {}
+    assert recreated.upserted["lead"] == 1 and recreated.actions == {"lead": [record_id]}
     assert db.execute("SELECT nome FROM leads").fetchall() == [("de volta",)]
 
 
@@ -154,9 +151,11 @@ def test_dead_letters_land_once_per_offset(db, write):
 
 def test_staging_is_cleared_including_rows_of_dead_attempts(db, write):
     stale = lead_message()
-    db.execute(f"INSERT INTO {quote_ident(STREAM_STAGE_TABLE)} (stage_token, kind, deleted, doc, staged_at) "
-               "VALUES (gen_random_uuid(), 'lead', false, jsonb_build_object('id', %s::text, 'updated_at', now()), "
-               "now() - interval '2 hours')", [stale["id"]])
+    db.execute(f"INSERT INTO {quote_ident(STREAM_STAGE_TABLE)} (stage_token, kind, id, version, deleted, "
+               "kafka_timestamp, kafka_partition, kafka_offset, doc, staged_at) "
+               "VALUES (gen_random_uuid(), 'lead', %s, now(), false, now(), 0, 0, "
+               "jsonb_build_object('id', %s::text, 'updated_at', now())::text, now() - interval '2 hours')",
+               [stale["id"], stale["id"]])
     write([lead_message(), "nope"])
     assert db.execute(f"SELECT count(*) FROM {quote_ident(STREAM_STAGE_TABLE)}").fetchone()[0] == 0
     # The dead attempt's row was swept, never merged.
@@ -176,5 +175,56 @@ def test_every_session_carries_the_statement_timeout(spark, sink, settings):
              f"interval '{settings.pg_statement_timeout_ms} milliseconds' AS timeout_set, current_schema() AS schema")
     with sink.connect() as connection:
         assert connection.execute(check).fetchone() == (True, sink.schema)
-    row = spark.read.format("jdbc").options(**sink.jdbc_options()).option("query", check).load().collect()[0]
+    # The executors' staging sessions, from a Python worker.
+    dsn, schema = settings.pg_dsn(settings.pg_warehouse_db), sink.schema
+
+    def executor_session(batches):
+        import pyarrow as pa
+
+        for _ in batches:
+            with connect_dsn(dsn, schema) as connection:
+                timeout_set, current = connection.execute(check).fetchone()
+            yield pa.RecordBatch.from_pydict({"timeout_set": [timeout_set], "schema": [current]})
+
+    row = spark.range(1).mapInArrow(executor_session, "timeout_set boolean, schema string").collect()[0]
     assert (row["timeout_set"], row["schema"]) == (True, sink.schema)
+
+
+def test_the_newest_version_per_id_wins_within_a_batch(db, write):
+    a, b, c = (lead_message()["id"] for _ in range(3))
+    hours = [T0 + n * HOUR for n in range(4)]
+    result = write([
+        lead_message(id=a, updated_at=hours[2], nome="a2"),
+        lead_message(id=a, updated_at=hours[3], nome="a3"),   # newest, arrives before an older one
+        lead_message(id=a, updated_at=hours[1], nome="a1"),
+        lead_message(id=b, updated_at=hours[1], nome="b1"),
+        tombstone_message(LEAD, b, hours[2]),                 # deletion newer than b's update
+        lead_message(id=b, updated_at=hours[0], nome="b0"),
+        lead_message(id=c, updated_at=hours[1], nome="c-first"),
+        tombstone_message(LEAD, c, hours[1]),                 # same version: the tombstone wins
+        lead_message(id=c, updated_at=hours[1], nome="c-last"),
+    ])
+    assert db.execute("SELECT id::text, nome, updated_at FROM leads").fetchall() == [(a, "a3", hours[3])]
+    assert dict(db.execute("SELECT id::text, deleted_at FROM deleted_records").fetchall()) == {b: hours[2],
+                                                                                             c: hours[1]}
+    assert sorted(result.actions["lead"]) == sorted([a, b, c])  # one per id: a's update, b's and c's deletions
+
+
+def test_equal_versions_keep_the_later_kafka_record(db, write):
+    record_id = lead_message()["id"]
+    write([lead_message(id=record_id, nome="first"), lead_message(id=record_id, nome="second")])
+    assert db.execute("SELECT nome FROM leads").fetchall() == [("second",)]
+
+
+def test_a_stale_staging_table_of_the_old_shape_is_replaced(db, settings, pg_schema):
+    from include.schema import apply_sql, warehouse_ddl
+
+    db.execute(f"DROP TABLE {quote_ident(STREAM_STAGE_TABLE)}")
+    db.execute(f"CREATE UNLOGGED TABLE {quote_ident(STREAM_STAGE_TABLE)} (stage_token uuid, kind text, deleted "
+               "boolean, doc jsonb, staged_at timestamptz)")
+    with connect_dsn(settings.pg_dsn(settings.pg_warehouse_db), pg_schema) as connection:
+        apply_sql(connection, warehouse_ddl())
+    columns = {row[0] for row in db.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+        [pg_schema, STREAM_STAGE_TABLE]).fetchall()}
+    assert {"id", "version", "kafka_timestamp", "kafka_partition", "kafka_offset"} <= columns

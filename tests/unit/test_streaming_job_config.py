@@ -22,12 +22,12 @@ def test_every_option_is_read(tmp_path):
         "--checkpoint-root", str(tmp_path), "--query-name", "q-1", "--trigger", "available-now",
         "--max-offsets-per-trigger", "10", "--starting-offsets", '{"t": {"0": 5}}', "--topic", "t",
         "--pg-schema", "test_abc", "--es-index-prefix", "test_abc", "--max-payload-bytes", "99",
-        "--min-batches-to-retain", "7", "--shuffle-partitions", "2",
+        "--min-batches-to-retain", "7",
     ])
     assert config == JobConfig(
         checkpoint_root=tmp_path, query_name="q-1", trigger="available-now", max_offsets_per_trigger=10,
         starting_offsets='{"t": {"0": 5}}', topic="t", pg_schema="test_abc", es_index_prefix="test_abc",
-        max_payload_bytes=99, min_batches_to_retain=7, shuffle_partitions=2,
+        max_payload_bytes=99, min_batches_to_retain=7,
     )
     assert config.trigger_options() == {"availableNow": True}
     assert parse_args(["--checkpoint-root", "c", "--trigger", "processing-time=500 milliseconds"]).trigger_options() \
