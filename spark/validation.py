@@ -28,6 +28,7 @@ import decimal
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -184,6 +185,14 @@ class Validated:
         return self.row[self.entity.key]
 
 
+@lru_cache(maxsize=None)
+def _field_plan(entity: Entity) -> tuple[tuple[Field, bool, bool, bool, bool], ...]:
+    """Per field, worked out once per entity: (field, required, is_key, is_version, checked in a tombstone)."""
+    required = entity.required_fields
+    return tuple((f, f.name in required, f.name == entity.key, f.name == entity.version_column,
+                  f.name in (entity.key, entity.version_column)) for f in entity.fields)
+
+
 def _reject(reason: str, entity: Entity | None = None) -> Validated:
     return Validated(entity, reason)
 
@@ -211,13 +220,12 @@ def validate(value: bytes | None, max_payload_bytes: int) -> Validated:
     deleted = deleted is True
     escapes = "\\u" in text
     row = {}
-    for field in entity.fields:
-        if deleted and field.name not in (entity.key, entity.version_column):
+    for field, required, is_key, is_version, in_tombstone in _field_plan(entity):
+        if deleted and not in_tombstone:
             row[field.name] = None
             continue
-        checked, reason = check_field(field, message, field.name in entity.required_fields,
-                                      is_key=field.name == entity.key, escapes=escapes)
-        if reason is None and field.name == entity.version_column and checked < _EPOCH:
+        checked, reason = check_field(field, message, required, is_key=is_key, escapes=escapes)
+        if reason is None and is_version and checked < _EPOCH:
             reason = f"{VERSION_OUT_OF_RANGE}: {field.name}"
         if reason is not None:
             return _reject(reason, entity)
