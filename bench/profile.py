@@ -6,7 +6,7 @@ topic as one batch, in its own driver, reporting its own timings.
 Reported, in seconds:
   validate   a probe before the batch: read the topic, validate and render every message, count the documents
              (the first part of the sink's stage job, which pays it again)
-  stage      the sink's Spark job: Kafka read, validation and rendering, COPY into Postgres staging
+  stage      the sink's Spark job: Kafka read, validation and rendering, COPY into Postgres staging, in one pass
   copy       stage minus validate: the COPY's share
   merge      the merge transaction (newest row per id, deletions, upsert, dead letters)
   bulk       the Elasticsearch bulk, which starts inside the merge and runs beside the upsert
@@ -30,21 +30,20 @@ def profile(topic: str, schema: str, index_prefix: str, max_payload_bytes: int) 
     from spark.sinks.batch import MicroBatchSink
     from spark.sinks.elastic import ElasticsearchSink
     from spark.sinks.postgres import PostgresSink
-    from spark.transforms import to_documents
+    from spark.transforms import documents_of, to_documents
 
     settings = load_settings()
     spark = build_session("bench-profile", settings)
     try:
         batch = read_topic(spark, settings, topic)
         events = batch.count()
-        documents = batch.transform(to_documents(max_payload_bytes))
         started = time.perf_counter()
-        documents.count()
+        batch.transform(to_documents(max_payload_bytes)).count()
         validate = time.perf_counter() - started
 
-        sink = MicroBatchSink(PostgresSink(settings, schema), ElasticsearchSink(settings.es_url,
-                                                                                index_prefix=index_prefix))
-        report = sink.write(documents, 0)
+        sink = MicroBatchSink(PostgresSink(settings, schema),
+                              ElasticsearchSink(settings.es_url, index_prefix=index_prefix), documents_of(max_payload_bytes))
+        report = sink.write(batch, 0)
     finally:
         spark.stop()
     return {

@@ -3,8 +3,8 @@
     python -m spark.streaming_job --checkpoint-root /var/lib/pipeline/checkpoints [options]
     spark-submit spark/streaming_job.py --checkpoint-root /var/lib/pipeline/checkpoints [options]
 
-This module only wires the Kafka source, the transform (spark/transforms.py) and the foreachBatch sink
-(spark/sinks/batch.py). A sink failure is not caught anywhere: the query fails, the process exits non-zero, the
+This module only wires the Kafka source and the foreachBatch sink (spark/sinks/batch.py), which renders each
+micro-batch with the transform's function (spark/transforms.py) in the same pass that stages it. A sink failure is not caught anywhere: the query fails, the process exits non-zero, the
 checkpoint keeps the failed batch uncommitted and the next start replays it.
 
 Triggers: `processing-time=<n> <unit>` runs until stopped; `available-now` processes what the topic holds at
@@ -129,16 +129,16 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
 
 
 def build_query(spark, config: JobConfig, settings: Settings):
-    """Start the query: Kafka source -> documents -> MicroBatchSink, writing to both sinks."""
+    """Start the query: Kafka source -> MicroBatchSink (documents, then both sinks)."""
     from spark.sinks.batch import MicroBatchSink
     from spark.sinks.elastic import ElasticsearchSink
     from spark.sinks.postgres import PostgresSink
 
-    from spark.transforms import to_documents
+    from spark.transforms import documents_of
 
     elastic = ElasticsearchSink(settings.es_url, index_prefix=config.es_index_prefix)
     elastic.ensure_indices(ENTITIES)
-    sink = MicroBatchSink(PostgresSink(settings, config.pg_schema), elastic)
+    sink = MicroBatchSink(PostgresSink(settings, config.pg_schema), elastic, documents_of(config.max_payload_bytes))
     spark.conf.set("spark.sql.streaming.minBatchesToRetain", str(config.min_batches_to_retain))
     source = (
         spark.readStream.format("kafka")
@@ -154,8 +154,7 @@ def build_query(spark, config: JobConfig, settings: Settings):
         .load()
     )
     return (
-        source.transform(to_documents(config.max_payload_bytes))
-        .writeStream.queryName(config.query_name)
+        source.writeStream.queryName(config.query_name)
         .option("checkpointLocation", str(config.checkpoint_location))
         .trigger(**config.trigger_options())
         .foreachBatch(sink)

@@ -1,8 +1,8 @@
 """The foreachBatch function: merge a micro-batch into Postgres and bulk its newest rows into Elasticsearch.
 
-The stream reaches it as documents (transforms.to_documents is applied to the streaming DataFrame). Per batch:
-one Spark job, in which every task validates its Kafka rows and COPYs them into Postgres staging; then one Postgres
-transaction (the merge). The Elasticsearch bulk starts, in a thread of the driver, as soon as the merge has recorded
+The stream reaches it as Kafka rows. Per batch: one Spark job, in which every task validates and renders its rows
+(transforms.documents_of, the function of the to_documents transform) and COPYs them into Postgres staging; then one
+Postgres transaction (the merge). The Elasticsearch bulk starts, in a thread of the driver, as soon as the merge has recorded
 the batch's deletions and listed what Elasticsearch must get, and runs while the upsert does.
 
 Nothing here catches a sink's exception: a failure propagates out of foreachBatch, the query stops with it, the
@@ -16,6 +16,8 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+
+from typing import Callable
 
 from pyspark.sql import DataFrame
 
@@ -34,21 +36,22 @@ class BatchReport:
 
 
 class MicroBatchSink:
-    def __init__(self, postgres: PostgresSink, elastic: ElasticsearchSink):
+    def __init__(self, postgres: PostgresSink, elastic: ElasticsearchSink, documents: Callable):
         self.postgres = postgres
         self.elastic = elastic
+        self.documents = documents  # transforms.documents_of(max_payload_bytes)
 
     def _timed_write(self, actions) -> tuple[dict[str, int], float]:
         started = time.monotonic()
         return self.elastic.write(actions), time.monotonic() - started
 
-    def write(self, documents: DataFrame, batch_id: int) -> BatchReport:
+    def write(self, batch: DataFrame, batch_id: int) -> BatchReport:
         started = time.monotonic()
         bulk: list[Future] = []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulk") as pool:
             merged = self.postgres.write(
-                documents, batch_id, on_index_actions=lambda actions: bulk.append(pool.submit(self._timed_write,
-                                                                                              actions)))
+                batch, batch_id, self.documents,
+                on_index_actions=lambda actions: bulk.append(pool.submit(self._timed_write, actions)))
             # A failed merge has raised by now, after the pool waited for the bulk; a failed bulk raises here.
             indexed, bulk_seconds = bulk[0].result() if bulk else ({}, 0.0)
         report = BatchReport(merged, indexed, round(bulk_seconds, 3), round(time.monotonic() - started, 3))
@@ -60,5 +63,5 @@ class MicroBatchSink:
         )
         return report
 
-    def __call__(self, documents: DataFrame, batch_id: int) -> None:
-        self.write(documents, batch_id)
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        self.write(batch, batch_id)

@@ -1,8 +1,8 @@
 """Postgres sink: COPY a micro-batch into staging from the executors, then merge it set-based in one transaction.
 
-Per batch: every task COPYs its partition of the batch's documents (spark/transforms.py: valid rows and rejects,
-each one JSON object, with its Kafka position) into the UNLOGGED staging table under the batch's stage token, in
-its own transaction (stream_staging.sql). Then ONE transaction runs stream_merge.sql: pick the newest staged row per
+Per batch: every task renders its Kafka rows as documents (spark/transforms.py: valid rows and rejects, each one
+JSON object, with its Kafka position) and COPYs them into the UNLOGGED staging table under the batch's stage
+token, in its own transaction (stream_staging.sql). Then ONE transaction runs stream_merge.sql: pick the newest staged row per
 id, and per entity record tombstones in deleted_records, delete tombstoned rows that are not newer, and upsert
 guarded by the version column; then insert the dead letters once per Kafka offset and clear the staged rows. No
 statement is per row. Once the deletions are recorded, the rows Elasticsearch must get are handed to
@@ -27,7 +27,7 @@ from pyspark.sql import DataFrame
 from include.entities import ENTITIES, Entity
 from include.schema import STREAM_STAGE_TABLE, quote_ident, render_sql_macro
 from include.settings import Settings
-from spark.transforms import DEAD_LETTER, DELETED, DOCUMENT, DOCUMENT_ID, DOCUMENT_VERSION, KIND
+from spark.transforms import DEAD_LETTER, DELETED, DOCUMENT, DOCUMENT_ID, DOCUMENT_VERSION, KAFKA_COLUMNS, KIND
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,9 @@ def copy_statement() -> str:
     return f"COPY {quote_ident(STREAM_STAGE_TABLE)} ({columns}) FROM STDIN"
 
 
-def stage_partition(dsn: str, schema: str | None, token: str) -> Callable:
-    """The mapInArrow function of one task: COPY its documents under `token`, yield its row count per kind."""
+def stage_partition(dsn: str, schema: str | None, token: str, documents: Callable) -> Callable:
+    """The mapInArrow function of one task: render its Kafka rows with `documents` (transforms.documents_of), COPY
+    them under `token`, yield its row count per kind."""
     statement = copy_statement()
 
     def stage(batches):
@@ -84,7 +85,8 @@ def stage_partition(dsn: str, schema: str | None, token: str) -> Callable:
         with connect_dsn(dsn, schema) as connection, connection.cursor() as cursor:
             with cursor.copy(statement) as copy:
                 for batch in batches:
-                    columns = [batch.column(name).to_pylist() for name in STAGED_COLUMNS]
+                    rendered = documents(batch)
+                    columns = [rendered.column(name).to_pylist() for name in STAGED_COLUMNS]
                     for row in zip(*columns):
                         copy.write_row((token, *row))
                     counts.update(columns[0])
@@ -123,20 +125,20 @@ class PostgresSink:
     def connect(self, **kwargs) -> psycopg.Connection:
         return connect(self.settings, self.schema, **kwargs)
 
-    def stage(self, documents: DataFrame, token: str) -> dict[str, int]:
-        """COPY the documents (transforms.DOCUMENT_SCHEMA) into staging from the executors: one Spark job."""
-        stage = stage_partition(self.settings.pg_dsn(self.settings.pg_warehouse_db), self.schema, token)
+    def stage(self, batch: DataFrame, token: str, documents: Callable) -> dict[str, int]:
+        """Render a Kafka-shaped batch with `documents` and COPY it into staging from the executors: one Spark job."""
+        stage = stage_partition(self.settings.pg_dsn(self.settings.pg_warehouse_db), self.schema, token, documents)
         totals: Counter = Counter()
-        for row in documents.mapInArrow(stage, STAGED_COUNTS_SCHEMA).collect():
+        for row in batch.select(*KAFKA_COLUMNS).mapInArrow(stage, STAGED_COUNTS_SCHEMA).collect():
             totals[row["kind"]] += row["rows"]
         return dict(totals)
 
-    def write(self, documents: DataFrame, batch_id: int,
+    def write(self, batch: DataFrame, batch_id: int, documents: Callable,
               on_index_actions: Callable[[list[IndexAction]], None] | None = None) -> MergeResult:
-        """Stage and merge one micro-batch's documents."""
+        """Render, stage and merge one micro-batch of Kafka rows (`documents`: transforms.documents_of)."""
         token = str(uuid.uuid4())
         started = time.monotonic()
-        staged = self.stage(documents, token)
+        staged = self.stage(batch, token, documents)
         staged_at = time.monotonic()
         upserted, deleted, actions, dead_letters = {}, {}, [], 0
         if staged:

@@ -41,7 +41,7 @@ def write(spark, sink):
     def run(values, batch_id=0, start_offset=None):
         batch = kafka_frame(spark, values, start_offset=next(offsets) if start_offset is None else start_offset)
         handed = []
-        result = sink.write(batch.transform(T.to_documents(MAX_BYTES)), batch_id, on_index_actions=handed.extend)
+        result = sink.write(batch, batch_id, T.documents_of(MAX_BYTES), on_index_actions=handed.extend)
         actions = {}
         for kind, record_id, *_ in handed:
             actions.setdefault(kind, []).append(record_id)
