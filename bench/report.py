@@ -133,7 +133,7 @@ def table(result: dict) -> str:
     if breakdown:
         lines.append(f"one batch of {breakdown['events']:,} events took {breakdown['batch_s']:.1f} s: "
                      f"validate (probe) {breakdown['validate_probe_s']:.1f} s; stage {breakdown['stage_s']:.1f} s "
-                     f"(validation + COPY {breakdown['copy_s']:.1f} s), merge {breakdown['merge_s']:.1f} s, "
+                     f"(validation + COPY), merge {breakdown['merge_s']:.1f} s, "
                      f"bulk {breakdown['bulk_s']:.1f} s (beside the merge)")
     lines.append("")
     lines.append(f"{'target':<38} {'value':>10} {'needed':>10}  result")
