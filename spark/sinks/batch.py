@@ -1,9 +1,9 @@
 """The foreachBatch function: merge a micro-batch into Postgres and bulk its newest rows into Elasticsearch.
 
 The stream reaches it as Kafka rows. Per batch: one Spark job, in which every task validates and renders its rows
-(transforms.documents_of, the function of the to_documents transform) and COPYs them into Postgres staging; then one
-Postgres transaction (the merge). The Elasticsearch bulk starts, in a thread of the driver, as soon as the merge has recorded
-the batch's deletions and listed what Elasticsearch must get, and runs while the upsert does.
+(transforms.documents_of, the function of the to_documents transform) and COPYs them into Postgres staging; then
+one Postgres transaction (the merge). The Elasticsearch bulk starts, in a thread of the driver, as soon as the merge
+has recorded the batch's deletions and listed what Elasticsearch must get, and runs while the upsert does.
 
 Nothing here catches a sink's exception: a failure propagates out of foreachBatch, the query stops with it, the
 checkpoint keeps the batch uncommitted and the next start replays it. Both sinks are idempotent under replay
@@ -16,7 +16,6 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-
 from typing import Callable
 
 from pyspark.sql import DataFrame
