@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Param, dag, task
 
 from include.entities import EXTRACTED
-from include.extract.config import schedule_from_environ, topic_asset_uri
+from include.extract.config import schedule_from_environ
+from include.orchestration.assets import kafka_topic
 
-EVENTOS_TOPIC = Asset(uri=topic_asset_uri(), name="kafka_eventos")
+# The stream supervisor's inlet, declared once: a name fixed here and a URI following the configured topic would
+# give two assets one URI under another topic, and whichever Airflow activated first would leave the other inactive.
+EVENTOS_TOPIC = kafka_topic()
 
 
 @dag(

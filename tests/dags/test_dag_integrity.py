@@ -71,3 +71,21 @@ def test_dag_policy(strict_parsing, path):
         assert dag.catchup is False, f"{dag_id}: catchup must be off"
         for task in dag.tasks:
             assert task.retries >= 2, f"{dag_id}.{task.task_id}: retries={task.retries}, need >= 2"
+
+
+def test_every_asset_has_one_name_per_uri_and_one_uri_per_name(strict_parsing, monkeypatch):
+    """Airflow activates an asset only if no active one shares its name or its URI: two DAGs declaring one topic
+    under two names would leave one of them inactive, and its tasks refuse to run. Checked under a topic other
+    than the default, as the e2e tests configure."""
+    from airflow.sdk import Asset
+
+    monkeypatch.setenv("PIPELINE_KAFKA_TOPIC", "integrity_topic")
+    assets = set()
+    for path in DAG_FILES:
+        for dag in _parse(path).dags.values():
+            for task in dag.tasks:
+                assets |= {(a.name, a.uri) for a in [*task.inlets, *task.outlets] if isinstance(a, Asset)}
+    names = [name for name, _ in assets]
+    uris = [uri for _, uri in assets]
+    assert len(set(names)) == len(names) and len(set(uris)) == len(uris), sorted(assets)
+    assert any(uri.endswith("/integrity_topic") for uri in uris)
