@@ -90,8 +90,8 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def es_actions(dataset: Dataset, indices: dict[str, str]) -> list[dict]:
-    return [{"_index": indices[entity.name], "_id": record_id, "version": (version - _EPOCH) // dt.timedelta(microseconds=1),
-             "version_type": "external_gte", "_source": document}
+    return [{"_index": indices[entity.name], "_id": record_id, "version_type": "external_gte", "_source": document,
+             "version": (version - _EPOCH) // dt.timedelta(microseconds=1)}
             for entity, record_id, version, _, document in _documents(dataset)]
 
 

@@ -41,8 +41,8 @@ def profile(topic: str, schema: str, index_prefix: str, max_payload_bytes: int) 
         batch.transform(to_documents(max_payload_bytes)).count()
         validate = time.perf_counter() - started
 
-        sink = MicroBatchSink(PostgresSink(settings, schema), ElasticsearchSink(settings.es_url, index_prefix=index_prefix),
-                              documents_of(max_payload_bytes))
+        elastic = ElasticsearchSink(settings.es_url, index_prefix=index_prefix)
+        sink = MicroBatchSink(PostgresSink(settings, schema), elastic, documents_of(max_payload_bytes))
         report = sink.write(batch, 0)
     finally:
         spark.stop()

@@ -4,8 +4,9 @@
     spark-submit spark/streaming_job.py --checkpoint-root /var/lib/pipeline/checkpoints [options]
 
 This module only wires the Kafka source and the foreachBatch sink (spark/sinks/batch.py), which renders each
-micro-batch with the transform's function (spark/transforms.py) in the same pass that stages it. A sink failure is not caught anywhere: the query fails, the process exits non-zero, the
-checkpoint keeps the failed batch uncommitted and the next start replays it.
+micro-batch with the transform's function (spark/transforms.py) in the same pass that stages it. A sink failure is
+not caught anywhere: the query fails, the process exits non-zero, the checkpoint keeps the failed batch
+uncommitted and the next start replays it.
 
 Triggers: `processing-time=<n> <unit>` runs until stopped; `available-now` processes what the topic holds at
 start (in batches of at most --max-offsets-per-trigger) and exits, for scheduled catch-up runs and tests.

@@ -2,10 +2,10 @@
 
 Per batch: every task renders its Kafka rows as documents (spark/transforms.py: valid rows and rejects, each one
 JSON object, with its Kafka position) and COPYs them into the UNLOGGED staging table under the batch's stage
-token, in its own transaction (stream_staging.sql). Then ONE transaction runs stream_merge.sql: pick the newest staged row per
-id, and per entity record tombstones in deleted_records, delete tombstoned rows that are not newer, and upsert
-guarded by the version column; then insert the dead letters once per Kafka offset and clear the staged rows. No
-statement is per row. Once the deletions are recorded, the rows Elasticsearch must get are handed to
+token, in its own transaction (stream_staging.sql). Then ONE transaction runs stream_merge.sql: pick the newest
+staged row per id, and per entity record tombstones in deleted_records, delete tombstoned rows that are not newer,
+and upsert guarded by the version column; then insert the dead letters once per Kafka offset and clear the staged
+rows. No statement is per row. Once the deletions are recorded, the rows Elasticsearch must get are handed to
 `on_index_actions`, so the bulk can run while the upsert does. Any failure raises: the transaction rolls back and
 the batch is replayed from the checkpoint.
 """
@@ -53,8 +53,9 @@ def check_schema_name(schema: str) -> str:
     return schema
 
 
-def connect_dsn(dsn: str, schema: str | None = None, **kwargs) -> psycopg.Connection:
-    connection = psycopg.connect(dsn, **kwargs)
+def connect(settings: Settings, schema: str | None = None, **kwargs) -> psycopg.Connection:
+    """A warehouse session with the settings' statement timeout, optionally on another schema."""
+    connection = psycopg.connect(settings.pg_dsn(settings.pg_warehouse_db), **kwargs)
     if schema:
         # SET rather than an `options` argument, which would replace the DSN's statement_timeout.
         connection.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(check_schema_name(schema))))
@@ -63,17 +64,12 @@ def connect_dsn(dsn: str, schema: str | None = None, **kwargs) -> psycopg.Connec
     return connection
 
 
-def connect(settings: Settings, schema: str | None = None, **kwargs) -> psycopg.Connection:
-    """A warehouse session with the settings' statement timeout, optionally on another schema."""
-    return connect_dsn(settings.pg_dsn(settings.pg_warehouse_db), schema, **kwargs)
-
-
 def copy_statement() -> str:
     columns = ", ".join(quote_ident(c) for c in ("stage_token", *STAGED_COLUMNS.values()))
     return f"COPY {quote_ident(STREAM_STAGE_TABLE)} ({columns}) FROM STDIN"
 
 
-def stage_partition(dsn: str, schema: str | None, token: str, documents: Callable) -> Callable:
+def stage_partition(settings: Settings, schema: str | None, token: str, documents: Callable) -> Callable:
     """The mapInArrow function of one task: render its Kafka rows with `documents` (transforms.documents_of), COPY
     them under `token`, yield its row count per kind."""
     statement = copy_statement()
@@ -82,7 +78,7 @@ def stage_partition(dsn: str, schema: str | None, token: str, documents: Callabl
         import pyarrow as pa
 
         counts: Counter = Counter()
-        with connect_dsn(dsn, schema) as connection, connection.cursor() as cursor:
+        with connect(settings, schema) as connection, connection.cursor() as cursor:
             with cursor.copy(statement) as copy:
                 for batch in batches:
                     rendered = documents(batch)
@@ -127,7 +123,7 @@ class PostgresSink:
 
     def stage(self, batch: DataFrame, token: str, documents: Callable) -> dict[str, int]:
         """Render a Kafka-shaped batch with `documents` and COPY it into staging from the executors: one Spark job."""
-        stage = stage_partition(self.settings.pg_dsn(self.settings.pg_warehouse_db), self.schema, token, documents)
+        stage = stage_partition(self.settings, self.schema, token, documents)
         totals: Counter = Counter()
         for row in batch.select(*KAFKA_COLUMNS).mapInArrow(stage, STAGED_COUNTS_SCHEMA).collect():
             totals[row["kind"]] += row["rows"]

@@ -13,7 +13,7 @@ from include.contract import tombstone_message
 from include.entities import CHAT_SESSION, LEAD
 from include.schema import STREAM_STAGE_TABLE, quote_ident
 from spark import transforms as T
-from spark.sinks.postgres import PostgresSink, connect_dsn
+from spark.sinks.postgres import PostgresSink, connect
 from tests.stream_support import T0, chat_message, evento_message, kafka_frame, lead_message
 
 MAX_BYTES = 64 * 1024
@@ -176,13 +176,13 @@ def test_every_session_carries_the_statement_timeout(spark, sink, settings):
     with sink.connect() as connection:
         assert connection.execute(check).fetchone() == (True, sink.schema)
     # The executors' staging sessions, from a Python worker.
-    dsn, schema = settings.pg_dsn(settings.pg_warehouse_db), sink.schema
+    schema = sink.schema
 
     def executor_session(batches):
         import pyarrow as pa
 
         for _ in batches:
-            with connect_dsn(dsn, schema) as connection:
+            with connect(settings, schema) as connection:
                 timeout_set, current = connection.execute(check).fetchone()
             yield pa.RecordBatch.from_pydict({"timeout_set": [timeout_set], "schema": [current]})
 
@@ -222,7 +222,7 @@ def test_a_stale_staging_table_of_the_old_shape_is_replaced(db, settings, pg_sch
     db.execute(f"DROP TABLE {quote_ident(STREAM_STAGE_TABLE)}")
     db.execute(f"CREATE UNLOGGED TABLE {quote_ident(STREAM_STAGE_TABLE)} (stage_token uuid, kind text, deleted "
                "boolean, doc jsonb, staged_at timestamptz)")
-    with connect_dsn(settings.pg_dsn(settings.pg_warehouse_db), pg_schema) as connection:
+    with connect(settings, pg_schema) as connection:
         apply_sql(connection, warehouse_ddl())
     columns = {row[0] for row in db.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
