@@ -16,18 +16,16 @@ runs, a real purge for scheduled ones.
 
 from __future__ import annotations
 
-import pendulum
 from airflow.sdk import Param, dag, task
+
+from include.orchestration.dag_defaults import dag_arguments
 
 
 @dag(
     schedule="@weekly",
     max_active_runs=1,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
     doc_md=__doc__,
-    tags=["streaming", "maintenance", "checkpoints"],
-    default_args={"owner": "data-platform", "retries": 2, "retry_delay": pendulum.duration(minutes=1)},
+    **dag_arguments(tags=["streaming", "maintenance", "checkpoints"]),
     params={"dry_run": Param(None, type=["null", "boolean"],
                              description="true: only list; false: remove; empty: dry run when triggered by hand")},
 )

@@ -24,12 +24,12 @@ still catching up; their report (XCom `dq_report`) is the table in the task log.
 
 from __future__ import annotations
 
-import pendulum
 from airflow.sdk import Param, TriggerRule, dag, task
 from data_quality_sensor import REPORT_XCOM_KEY, DataQualitySensor
 
 from include.orchestration.assets import STREAM_RELEASE, sink_assets
 from include.orchestration.config import deploy_gate_timeout
+from include.orchestration.dag_defaults import dag_arguments
 from include.orchestration.releases import VERSION_PATTERN
 
 GATE_TIMEOUT = deploy_gate_timeout()
@@ -38,11 +38,8 @@ GATE_TIMEOUT = deploy_gate_timeout()
 @dag(
     schedule=None,
     max_active_runs=1,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
     doc_md=__doc__,
-    tags=["streaming", "deploy", "data-quality"],
-    default_args={"owner": "data-platform", "retries": 2, "retry_delay": pendulum.duration(seconds=30)},
+    **dag_arguments(tags=["streaming", "deploy", "data-quality"]),
     params={"version": Param(type="string", pattern=VERSION_PATTERN.pattern,
                              description="the job version to deploy (letters, digits, '.', '_', '-')")},
 )

@@ -36,28 +36,22 @@ failure limit and window, backoff.
 
 from __future__ import annotations
 
-import pendulum
+import datetime as dt
+
 from airflow.sdk import Param, dag, task
 from streaming_supervisor import PROCESSING_TIME, TRIGGERS, SupervisedSparkSubmitOperator
 
 from include.connections import SPARK_CONN_ID
 from include.orchestration.assets import STREAM_RELEASE, kafka_topic, sink_assets
+from include.orchestration.dag_defaults import dag_arguments
 
 
 @dag(
     schedule="@continuous",
     max_active_runs=1,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
     doc_md=__doc__,
-    tags=["streaming", "spark", "supervisor"],
-    default_args={
-        "owner": "data-platform",
-        "retries": 2,
-        "retry_delay": pendulum.duration(minutes=1),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": pendulum.duration(minutes=10),
-    },
+    # A driver that keeps crashing gets a minute before the next attempt, doubling up to the default cap.
+    **dag_arguments(tags=["streaming", "spark", "supervisor"], retry_delay=dt.timedelta(minutes=1)),
     params={"trigger": Param(PROCESSING_TIME, enum=list(TRIGGERS),
                              description="processing-time: run until stopped; available-now: catch up, then end")},
 )

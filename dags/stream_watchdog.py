@@ -25,21 +25,22 @@ driver lock is never contended. If no supervisor runs, `recover` fails saying so
 
 from __future__ import annotations
 
-import pendulum
+import datetime as dt
+
 from airflow.sdk import TriggerRule, dag, task
 
 from include.orchestration.assets import sink_assets
 from include.orchestration.config import watchdog_interval
+from include.orchestration.dag_defaults import dag_arguments
 
 
 @dag(
     schedule=watchdog_interval(),
     max_active_runs=1,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
     doc_md=__doc__,
-    tags=["streaming", "watchdog", "monitoring"],
-    default_args={"owner": "data-platform", "retries": 2, "retry_delay": pendulum.duration(seconds=20)},
+    # Retried sooner than the default: a watchdog run is due again within minutes.
+    **dag_arguments(tags=["streaming", "watchdog", "monitoring"], retry_delay=dt.timedelta(seconds=20),
+                    retry_exponential_backoff=False),
 )
 def stream_watchdog():
     @task(inlets=sink_assets())

@@ -29,6 +29,7 @@ from airflow.sdk import Param, dag, task
 from include.entities import EXTRACTED
 from include.extract.config import schedule_from_environ
 from include.orchestration.assets import kafka_topic
+from include.orchestration.dag_defaults import dag_arguments
 
 # The stream supervisor's inlet, declared once: a name fixed here and a URI following the configured topic would
 # give two assets one URI under another topic, and whichever Airflow activated first would leave the other inactive.
@@ -39,19 +40,10 @@ EVENTOS_TOPIC = kafka_topic()
     dag_id="supabase_to_kafka",
     doc_md=__doc__,
     schedule=schedule_from_environ(),
-    start_date=dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc),
-    catchup=False,
     # Runs share one cursor per entity: two at once would publish the same pages twice.
     max_active_runs=1,
-    tags=["extract", "supabase", "kafka"],
-    default_args={
-        "owner": "data-engineering",
-        "retries": 3,
-        "retry_delay": dt.timedelta(seconds=30),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": dt.timedelta(minutes=10),
-        "execution_timeout": dt.timedelta(minutes=30),
-    },
+    # A run that hangs (a broker that never acknowledges) must end, so the next scheduled run can start.
+    **dag_arguments(tags=["extract", "supabase", "kafka"], retries=3, execution_timeout=dt.timedelta(minutes=30)),
     params={
         "from_timestamp": Param(None, type=["null", "string"],
                                 description="Replay rows with updated_at >= this ISO-8601 time (with offset)"),

@@ -11,19 +11,16 @@ Run it after deploying a new registry version, or any time: every statement is s
 
 from __future__ import annotations
 
-import pendulum
 from airflow.sdk import dag, task
 
 from include.connections import SUPABASE_DB_CONN_ID, WAREHOUSE_CONN_ID
+from include.orchestration.dag_defaults import dag_arguments
 
 
 @dag(
     schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
     doc_md=__doc__,
-    tags=["schema", "postgres", "elasticsearch"],
-    default_args={"retries": 2, "retry_delay": pendulum.duration(seconds=30), "owner": "data-platform"},
+    **dag_arguments(tags=["schema", "postgres", "elasticsearch"]),
 )
 def warehouse_schema():
     @task

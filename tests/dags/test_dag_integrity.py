@@ -89,3 +89,39 @@ def test_every_asset_has_one_name_per_uri_and_one_uri_per_name(strict_parsing, m
     uris = [uri for _, uri in assets]
     assert len(set(names)) == len(names) and len(set(uris)) == len(uris), sorted(assets)
     assert any(uri.endswith("/integrity_topic") for uri in uris)
+
+
+def test_every_dag_takes_the_shared_defaults(strict_parsing):
+    """One owner and one start date for all (include/orchestration/dag_defaults.py), retries with a delay."""
+    from include.orchestration.dag_defaults import OWNER, START_DATE
+
+    for path in DAG_FILES:
+        for dag_id, dag in _parse(path).dags.items():
+            assert dag.start_date == START_DATE, f"{dag_id}: start_date {dag.start_date}"
+            for task in dag.tasks:
+                assert task.owner == OWNER, f"{dag_id}.{task.task_id}: owner {task.owner!r}"
+                assert task.retry_delay.total_seconds() > 0, f"{dag_id}.{task.task_id}: no retry delay"
+
+
+# Client libraries that a DAG file may use only inside a task body: loading them at parse time costs every parse
+# loop seconds (pyspark starts nothing, but imports py4j and pandas-sized modules) and ties parsing to them.
+TASK_ONLY_MODULES = ("pyspark", "py4j", "kafka", "elasticsearch", "psycopg", "pyarrow")
+
+
+def test_parsing_the_dags_loads_no_client_library():
+    """In a fresh interpreter (this one has loaded pyspark for other tests): parse every DAG, then look."""
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(DAGS_FOLDER)!r}, safe_mode=False)\n"
+        "assert bag.dags and not bag.import_errors, bag.import_errors\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({TASK_ONLY_MODULES!r})))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=dict(os.environ),
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
