@@ -27,13 +27,15 @@ def connector_jars(settings: Settings) -> list[Path]:
     return jars
 
 
-def build_session(app_name: str, settings: Settings, extra_conf: dict[str, str] | None = None):
+def build_session(app_name: str, settings: Settings, extra_conf: dict[str, str] | None = None, *,
+                  connectors: bool = True):
+    """`connectors=False`: no Kafka source or JDBC (tests of pure transforms on a machine that fetched no jars)."""
     from pyspark.sql import SparkSession
 
     builder = (
         SparkSession.builder.appName(app_name)
         .master(settings.spark_master)
-        .config("spark.jars", ",".join(str(jar) for jar in connector_jars(settings)))
+        .config("spark.jars", ",".join(str(jar) for jar in connector_jars(settings)) if connectors else "")
         .config("spark.driver.memory", settings.spark_driver_memory)
         .config("spark.ui.enabled", "false")
         .config("spark.sql.session.timeZone", "UTC")

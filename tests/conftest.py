@@ -15,15 +15,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from include.settings import SettingsError, load_settings  # noqa: E402
+from include.settings import SettingsError, airflow_code_environment, load_settings  # noqa: E402
 
 # Airflow reads its configuration when first imported: point it at the local stack before any test imports it.
 try:
-    for _name, _value in load_settings().airflow_environment().items():
-        os.environ.setdefault(_name, _value)
+    _AIRFLOW_ENVIRONMENT = load_settings().airflow_environment()
 except SettingsError:
-    # No stack configured yet (e.g. `make test-unit` on a fresh clone): unit tests need no services.
-    os.environ.setdefault("AIRFLOW_HOME", str(REPO_ROOT / ".state" / "airflow-unit"))
+    # No stack configured yet (e.g. `make test-unit` on a fresh clone): unit tests parse DAGs and need no services,
+    # so Airflow gets this repo's code and a SQLite home of its own.
+    _AIRFLOW_ENVIRONMENT = {**airflow_code_environment(), "AIRFLOW_HOME": str(REPO_ROOT / ".state" / "airflow-unit")}
+for _name, _value in _AIRFLOW_ENVIRONMENT.items():
+    os.environ.setdefault(_name, _value)
 
 
 def unique_name(prefix: str) -> str:
@@ -37,10 +39,13 @@ def settings():
 
 @pytest.fixture(scope="session")
 def spark():
-    """A small local SparkSession: one shuffle partition, no UI, the cached Kafka/JDBC jars on its classpath."""
-    from spark.session import build_session
+    """A small local SparkSession: one shuffle partition, no UI, the cached Kafka/JDBC jars on its classpath when the
+    stack fetched them (`make up`); without them only the pure transforms' unit tests can use it."""
+    from spark.session import build_session, jars_dir
 
-    session = build_session("pytest", load_settings(), extra_conf={"spark.sql.shuffle.partitions": "1"})
+    settings = load_settings(require_secrets=False)
+    session = build_session("pytest", settings, extra_conf={"spark.sql.shuffle.partitions": "1"},
+                            connectors=any(jars_dir(settings).glob("*.jar")))
     yield session
     session.stop()
 

@@ -30,6 +30,16 @@ def test_missing_password_names_the_setting(monkeypatch, tmp_path):
         load_settings({"PIPELINE_STATE_DIR": str(tmp_path)})
 
 
+def test_secrets_may_be_left_unset_only_on_request(monkeypatch, tmp_path):
+    import include.settings as module
+
+    monkeypatch.setattr(module, "REPO_ROOT", tmp_path)
+    settings = load_settings({"PIPELINE_STATE_DIR": str(tmp_path)}, require_secrets=False)
+    assert settings.pg_password == "" and settings.pg_port == 54329
+    with pytest.raises(SettingsError, match="PIPELINE_PG_PORT"):  # every other setting is still checked
+        load_settings({"PIPELINE_STATE_DIR": str(tmp_path), "PIPELINE_PG_PORT": "x"}, require_secrets=False)
+
+
 def test_generated_file_is_read_and_environment_wins(monkeypatch, tmp_path):
     import include.settings as module
 
