@@ -18,7 +18,7 @@ Deploys a new version of the streaming job, guarded by data-quality gates. Trigg
 6. `restore` runs only when a step failed: if the new version was switched in, the previous one is selected and
    restarted and must be healthy again; either way the run fails with the reason of the failed step.
 
-Gates wait up to `PIPELINE_DEPLOY_GATE_TIMEOUT_SECONDS` (read from the scheduler's environment) for data that is
+Gates wait up to `PIPELINE_DEPLOY_GATE_TIMEOUT_SECONDS` (read when the DAG file is parsed) for data that is
 still catching up; their report (XCom `dq_report`) is the table in the task log.
 """
 

@@ -15,7 +15,7 @@ go to `dead_letters` (stage `extract`) without stopping the page.
 - `from_timestamp`: backfill / replay every row with `updated_at` at or after this ISO time (with offset).
 - `lookback_seconds`: override the lookback window for this run (default `PIPELINE_EXTRACT_LOOKBACK_SECONDS`).
 
-**Settings**: `PIPELINE_EXTRACT_SCHEDULE` (default every 10 minutes, read from the scheduler's environment),
+**Settings**: `PIPELINE_EXTRACT_SCHEDULE` (default every 10 minutes, read when the DAG file is parsed),
 `PIPELINE_EXTRACT_SOURCE` (`postgres` through connection `supabase_postgres`, or `rest` through `supabase_api`),
 `PIPELINE_EXTRACT_PAGE_SIZE`. Connections: `warehouse_postgres`, `kafka_default`.
 """

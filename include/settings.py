@@ -1,67 +1,111 @@
-"""Every setting of the pipeline, read from one place.
+"""Every setting of the pipeline, declared once and read in one place: `load_settings()`.
 
-Precedence: the process environment, then the repo's `.env`, then `.state/generated.env` (secrets the local
-stack generates on first start), then the defaults below. `.env.example` documents each name. A bad value
-raises `SettingsError` naming the setting, so a misconfiguration stops at start-up rather than mid-run.
+Each field of `Settings` is the setting `PIPELINE_<FIELD>`; its type and bounds are checked by pydantic when the
+settings load. Precedence: the process environment, then the repo's `.env`, then `<state>/generated.env`
+(secrets the local stack generates on first start), then the defaults below. `.env.example` documents each name
+(a test keeps the two equal). A bad value raises `SettingsError` naming the setting, so a misconfiguration stops at
+start-up rather than mid-run.
+
+Subsystems read their settings from here and keep only their own derived views (`ExtractConfig`,
+`StreamOpsConfig`, `QualityThresholds`); none parses a value itself.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal, Mapping
 from urllib.parse import quote
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GENERATED_ENV_NAME = "generated.env"
+PREFIX = "PIPELINE_"
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Positive = Annotated[int, Field(gt=0)]
+NonNegative = Annotated[int, Field(ge=0)]
+Seconds = Annotated[float, Field(ge=0)]
 
 
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names it."""
 
 
-def _read_env_file(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        return {}
-    values = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep:
-            raise SettingsError(f"{path}:{number}: expected NAME=value, got {line!r}")
-        values[key.strip().removeprefix("export ").strip()] = value.strip().strip('"').strip("'")
-    return values
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore", frozen=True, env_ignore_empty=True,
+                                      case_sensitive=False)
 
+    # --- the local stack and its services
+    state_dir: Path = REPO_ROOT / ".state"
+    pg_host: str = "127.0.0.1"
+    pg_port: Port = 54329
+    pg_user: str = "pipeline"
+    # Required (checked by load_settings): `make up` generates one locally; production sets it.
+    pg_password: str = ""
+    pg_warehouse_db: str = "warehouse"
+    pg_source_db: str = "supabase"
+    pg_airflow_db: str = "airflow"
+    pg_statement_timeout_ms: Positive = 60_000
+    kafka_host: str = "127.0.0.1"
+    kafka_port: Port = 19092
+    kafka_controller_port: Port = 19093
+    kafka_topic: str = "eventos"
+    kafka_partitions: Positive = 3
+    kafka_heap_mb: Positive = 512
+    es_host: str = "127.0.0.1"
+    es_port: Port = 19200
+    es_transport_port: Port = 19300
+    es_heap_mb: Positive = 768
+    spark_master: str = "local[2]"
+    spark_driver_memory: str = "2g"
+    airflow_api_port: Port = 18080
+    supabase_url: str = ""
+    supabase_key: str = ""
 
-@dataclass(frozen=True)
-class Settings:
-    state_dir: Path
-    pg_host: str
-    pg_port: int
-    pg_user: str
-    pg_password: str
-    pg_warehouse_db: str
-    pg_source_db: str
-    pg_airflow_db: str
-    pg_statement_timeout_ms: int
-    kafka_host: str
-    kafka_port: int
-    kafka_controller_port: int
-    kafka_topic: str
-    kafka_partitions: int
-    kafka_heap_mb: int
-    es_host: str
-    es_port: int
-    es_transport_port: int
-    es_heap_mb: int
-    spark_master: str
-    spark_driver_memory: str
-    airflow_api_port: int
-    supabase_url: str
-    supabase_key: str
+    # --- extraction (include/extract/config.py)
+    extract_source: Literal["postgres", "rest"] = "postgres"
+    # Unset: the source's default page size.
+    extract_page_size: Positive | None = None
+    extract_lookback_seconds: NonNegative = 300
+    extract_schedule: str = "*/10 * * * *"
+
+    # --- the streaming job's operation (include/orchestration/config.py)
+    # Unset: <state_dir>/checkpoints.
+    stream_checkpoint_root: Path | None = None
+    stream_query_name: str = "eventos_to_warehouse"
+    stream_trigger_seconds: Positive = 10
+    stream_pg_schema: str = ""
+    stream_es_index_prefix: str = ""
+    stream_stop_grace_seconds: Seconds = 30.0
+    supervisor_max_failures: Positive = 3
+    supervisor_failure_window_minutes: Annotated[float, Field(ge=1)] = 30.0
+    supervisor_backoff_seconds: Seconds = 5.0
+    supervisor_backoff_max_seconds: Seconds = 120.0
+    watchdog_interval_minutes: Positive = 5
+    watchdog_stall_seconds: Annotated[float, Field(ge=1)] = 600.0
+    watchdog_startup_grace_seconds: Seconds = 180.0
+    watchdog_max_lag: NonNegative = 10_000
+    watchdog_recovery_seconds: Seconds = 180.0
+    checkpoint_retention_days: Seconds = 7.0
+    deploy_gate_timeout_seconds: Positive = 300
+
+    # --- the data-quality gate (include/orchestration/quality.py)
+    dq_source_schema: str = ""
+    dq_max_sink_gap_pct: Seconds = 0.1
+    dq_max_source_gap_pct: Seconds = 1.0
+    dq_max_dead_letters: NonNegative = 100
+    dq_window_minutes: NonNegative = 60
+    dq_max_heartbeat_age_seconds: Seconds = 300.0
+    dq_max_kafka_lag: NonNegative = 10_000
+
+    def as_environment(self) -> dict[str, str]:
+        """Every setting as its `PIPELINE_*` variable, for a process that must see exactly these values (a driver
+        running from its release zip, where no `.env` is at hand)."""
+        return {setting_name(field): str(value) for field, value in self if value is not None}
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -152,74 +196,52 @@ def airflow_code_environment() -> dict[str, str]:
     }
 
 
-# name -> (default, converter); None as default means required.
-_SPEC: dict[str, tuple[str | None, type]] = {
-    "PIPELINE_STATE_DIR": (str(REPO_ROOT / ".state"), Path),
-    "PIPELINE_PG_HOST": ("127.0.0.1", str),
-    "PIPELINE_PG_PORT": ("54329", int),
-    "PIPELINE_PG_USER": ("pipeline", str),
-    "PIPELINE_PG_PASSWORD": (None, str),
-    "PIPELINE_PG_WAREHOUSE_DB": ("warehouse", str),
-    "PIPELINE_PG_SOURCE_DB": ("supabase", str),
-    "PIPELINE_PG_AIRFLOW_DB": ("airflow", str),
-    "PIPELINE_PG_STATEMENT_TIMEOUT_MS": ("60000", int),
-    "PIPELINE_KAFKA_HOST": ("127.0.0.1", str),
-    "PIPELINE_KAFKA_PORT": ("19092", int),
-    "PIPELINE_KAFKA_CONTROLLER_PORT": ("19093", int),
-    "PIPELINE_KAFKA_TOPIC": ("eventos", str),
-    "PIPELINE_KAFKA_PARTITIONS": ("3", int),
-    "PIPELINE_KAFKA_HEAP_MB": ("512", int),
-    "PIPELINE_ES_HOST": ("127.0.0.1", str),
-    "PIPELINE_ES_PORT": ("19200", int),
-    "PIPELINE_ES_TRANSPORT_PORT": ("19300", int),
-    "PIPELINE_ES_HEAP_MB": ("768", int),
-    "PIPELINE_SPARK_MASTER": ("local[2]", str),
-    "PIPELINE_SPARK_DRIVER_MEMORY": ("2g", str),
-    "PIPELINE_AIRFLOW_API_PORT": ("18080", int),
-    "PIPELINE_SUPABASE_URL": ("", str),
-    "PIPELINE_SUPABASE_KEY": ("", str),
-}
-
-_PORTS = {name for name in _SPEC if name.endswith("_PORT")}
-_POSITIVE = {"PIPELINE_KAFKA_PARTITIONS", "PIPELINE_KAFKA_HEAP_MB", "PIPELINE_ES_HEAP_MB",
-             "PIPELINE_PG_STATEMENT_TIMEOUT_MS"}
+def setting_name(field: str) -> str:
+    return PREFIX + field.upper()
 
 
-def _convert(name: str, raw: str, converter: type):
+def setting_names() -> set[str]:
+    """Every setting the pipeline reads."""
+    return {setting_name(field) for field in Settings.model_fields}
+
+
+class _ExplicitEnvironment(Settings):
+    """Settings read from a given mapping instead of the process environment (tests, and a driver's environment
+    being prepared), still over the settings files: pydantic-settings' own environment source reads os.environ."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        return init_settings, dotenv_settings
+
+
+def _env_files(environ: Mapping[str, str]) -> tuple[Path, Path]:
+    """generated.env under the state folder (itself a setting, from the environment or `.env`), then `.env`;
+    pydantic-settings lets the later file win."""
+    from dotenv import dotenv_values
+
+    repo_env = REPO_ROOT / ".env"
+    state_dir = (environ.get(PREFIX + "STATE_DIR")
+                 or (dotenv_values(repo_env).get(PREFIX + "STATE_DIR") if repo_env.is_file() else None)
+                 or Settings.model_fields["state_dir"].default)
+    return Path(state_dir) / GENERATED_ENV_NAME, repo_env
+
+
+def load_settings(environ: Mapping[str, str] | None = None, *, require_secrets: bool = True) -> Settings:
+    """Every setting, checked; `environ` replaces the process environment. `require_secrets=False` leaves unset
+    secrets empty, for what connects to nothing (DAG parsing, unit tests on a machine whose stack never ran)."""
+    env_files = _env_files(os.environ if environ is None else environ)
     try:
-        value = converter(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a valid {converter.__name__}") from None
-    if name in _PORTS and not 1 <= value <= 65535:
-        raise SettingsError(f"{name}={value} is not a TCP port (1-65535)")
-    if name in _POSITIVE and value <= 0:
-        raise SettingsError(f"{name}={value} must be positive")
-    return value
-
-
-def raw_values(environ: dict[str, str] | None = None) -> dict[str, str]:
-    environ = dict(os.environ if environ is None else environ)
-    state_dir = Path(environ.get("PIPELINE_STATE_DIR", _SPEC["PIPELINE_STATE_DIR"][0]))
-    merged: dict[str, str] = {}
-    merged.update(_read_env_file(state_dir / GENERATED_ENV_NAME))
-    merged.update(_read_env_file(REPO_ROOT / ".env"))
-    # Every PIPELINE_* name, not only the foundation's: subsystems (extraction, stream operations) declare theirs.
-    merged.update({k: v for k, v in environ.items() if k.startswith("PIPELINE_")})
-    return merged
-
-
-def load_settings(environ: dict[str, str] | None = None, *, require_secrets: bool = True) -> Settings:
-    """Every setting, checked. `require_secrets=False` leaves unset secrets empty, for what connects to nothing
-    (unit tests on a machine whose stack never ran)."""
-    merged = raw_values(environ)
-    values = {}
-    for name, (default, converter) in _SPEC.items():
-        raw = merged.get(name, default)
-        if raw is None or raw == "":
-            if default is None and require_secrets:
-                raise SettingsError(
-                    f"{name} is not set: put it in .env (see .env.example) or run `make up` to generate it"
-                )
-            raw = default or ""
-        values[name] = _convert(name, raw, converter)
-    return Settings(**{name.removeprefix("PIPELINE_").lower(): value for name, value in values.items()})
+        if environ is None:
+            settings = Settings(_env_file=env_files)
+        else:
+            given = {name.removeprefix(PREFIX).lower(): value for name, value in environ.items()
+                     if name.startswith(PREFIX) and value != ""}
+            settings = _ExplicitEnvironment(_env_file=env_files, **given)
+    except ValidationError as error:
+        problems = [f"{setting_name(str(e['loc'][0]))}={e['input']!r}: {e['msg']}" for e in error.errors()]
+        raise SettingsError("; ".join(problems)) from None
+    if require_secrets and not settings.pg_password:
+        raise SettingsError(f"{PREFIX}PG_PASSWORD is not set: put it in .env (see .env.example) or run `make up` "
+                            "to generate it")
+    return settings

@@ -1,31 +1,20 @@
-"""Settings of the extraction, read like every other setting (environment, then `.env`, then defaults).
-
-| name                               | default          | meaning                                           |
-|------------------------------------|------------------|---------------------------------------------------|
-| PIPELINE_EXTRACT_SOURCE            | postgres         | `postgres` (direct) or `rest` (Supabase REST API) |
-| PIPELINE_EXTRACT_PAGE_SIZE         | 5000; rest: 1000 | rows per page (at most 1000 for `rest`)           |
-| PIPELINE_EXTRACT_LOOKBACK_SECONDS  | 300              | window re-read before the cursor on every run     |
-| PIPELINE_EXTRACT_SCHEDULE          | */10 * * * *     | the DAG's schedule (process environment only)     |
-"""
+"""The extraction's view of the `PIPELINE_EXTRACT_*` settings (declared in include/settings.py, documented in
+.env.example): the source, its page size (by source unless set) and the lookback window."""
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import dataclass
 from typing import Mapping
 
 from include.extract.extractor import DEFAULT_LOOKBACK, DEFAULT_PAGE_SIZE, RunOptions
-from include.settings import _SPEC, SettingsError, raw_values
+from include.settings import SettingsError, load_settings
 
-PREFIX = "PIPELINE_EXTRACT_"
 SOURCES = ("postgres", "rest")
 # Rows per page by source. PostgREST cuts a larger page to its db-max-rows; the direct connection has no cap, and
 # a larger page spreads each page's fixed costs (the source's statements, the producer's batches, the cursor's
 # commit) over more rows; 5000 keeps the pages held at once (those in flight and the one being read) near 20 MB.
 DEFAULT_PAGE_SIZES = {"postgres": 5000, "rest": DEFAULT_PAGE_SIZE}
-DEFAULT_SCHEDULE = "*/10 * * * *"
-SCHEDULE_SETTING = "PIPELINE_EXTRACT_SCHEDULE"
 
 
 @dataclass(frozen=True)
@@ -47,16 +36,9 @@ class ExtractConfig:
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> ExtractConfig:
-        environ = os.environ if environ is None else environ
-        # raw_values layers the settings files under the environment for the foundation's names only.
-        values = raw_values(dict(environ)) | {k: v for k, v in environ.items() if k.startswith(PREFIX)}
-        defaults = cls()
-        return cls(
-            source=values.get("PIPELINE_EXTRACT_SOURCE") or defaults.source,
-            page_size=_integer(values, "PIPELINE_EXTRACT_PAGE_SIZE", None),
-            lookback=dt.timedelta(seconds=_integer(values, "PIPELINE_EXTRACT_LOOKBACK_SECONDS",
-                                                   int(defaults.lookback.total_seconds()))),
-        )
+        settings = load_settings(environ, require_secrets=False)
+        return cls(source=settings.extract_source, page_size=settings.extract_page_size,
+                   lookback=dt.timedelta(seconds=settings.extract_lookback_seconds))
 
     def run_options(self, from_timestamp: dt.datetime | None = None, lookback: dt.timedelta | None = None,
                     max_rows: int | None = None) -> RunOptions:
@@ -74,30 +56,13 @@ def parse_from_timestamp(value: str | None) -> dt.datetime | None:
     return moment
 
 
-def _integer(values: Mapping[str, str], name: str, default: int | None) -> int | None:
-    raw = values.get(name)
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a valid int") from None
-
-
-def schedule_from_environ(environ: Mapping[str, str] = os.environ) -> str:
-    """The DAG's schedule. Read at parse time, so from the process environment only."""
-    return environ.get(SCHEDULE_SETTING) or DEFAULT_SCHEDULE
+def schedule_from_environ(environ: Mapping[str, str] | None = None) -> str:
+    """The DAG's schedule, read when the DAG file is parsed (so no secret is needed)."""
+    return load_settings(environ, require_secrets=False).extract_schedule
 
 
 def topic_asset_uri(environ: Mapping[str, str] | None = None) -> str:
     """`kafka://host:port/topic` for the Airflow Asset of the events topic, the apache-kafka provider's form.
-
-    DAG files call this at parse time: it reads the environment and the settings files, never a connection;
-    unset names take the settings' defaults (the strict `load_settings` would fail a DAG import on a machine
-    whose stack secrets are not generated yet)."""
-    values = raw_values(None if environ is None else dict(environ))
-
-    def value(name: str) -> str:
-        return values.get(name) or _SPEC[name][0]
-
-    return f"kafka://{value('PIPELINE_KAFKA_HOST')}:{value('PIPELINE_KAFKA_PORT')}/{value('PIPELINE_KAFKA_TOPIC')}"
+    DAG files call this at parse time: it reads the settings, never a connection."""
+    settings = load_settings(environ, require_secrets=False)
+    return f"kafka://{settings.kafka_bootstrap}/{settings.kafka_topic}"

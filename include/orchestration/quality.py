@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import ClassVar, Mapping
+from typing import Mapping
 
-from include.orchestration.config import read_setting, setting_values
-from include.settings import SettingsError
+from include.settings import SettingsError, load_settings, setting_name
+
+# Each threshold is the setting PIPELINE_DQ_<FIELD> (include/settings.py).
+SETTING_PREFIX = "dq_"
 
 
 @dataclass(frozen=True)
@@ -45,28 +47,16 @@ class QualityThresholds:
     max_heartbeat_age_seconds: float = 300.0
     max_kafka_lag: int = 10_000
 
-    # setting name -> field
-    SETTINGS: ClassVar[dict[str, str]] = {
-        "PIPELINE_DQ_MAX_SINK_GAP_PCT": "max_sink_gap_pct",
-        "PIPELINE_DQ_MAX_SOURCE_GAP_PCT": "max_source_gap_pct",
-        "PIPELINE_DQ_MAX_DEAD_LETTERS": "max_dead_letters",
-        "PIPELINE_DQ_WINDOW_MINUTES": "window_minutes",
-        "PIPELINE_DQ_MAX_HEARTBEAT_AGE_SECONDS": "max_heartbeat_age_seconds",
-        "PIPELINE_DQ_MAX_KAFKA_LAG": "max_kafka_lag",
-    }
-
     def __post_init__(self):
-        for name, field_name in self.SETTINGS.items():
-            if getattr(self, field_name) < 0:
-                raise SettingsError(f"{name}={getattr(self, field_name)} must not be negative")
+        for field_name, value in asdict(self).items():
+            if value < 0:
+                raise SettingsError(f"{setting_name(SETTING_PREFIX + field_name)}={value} must not be negative")
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides) -> QualityThresholds:
         """From the settings (environment, `.env`), then explicit overrides (e.g. a sensor's arguments)."""
-        values = setting_values(environ)
-        defaults = cls()
-        loaded = {field_name: read_setting(values, name, getattr(defaults, field_name), minimum=None)
-                  for name, field_name in cls.SETTINGS.items()}
+        settings = load_settings(environ, require_secrets=False)
+        loaded = {name: getattr(settings, SETTING_PREFIX + name) for name in cls.__dataclass_fields__}
         loaded.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**loaded)
 

@@ -378,10 +378,9 @@ def test_connections_are_what_include_settings_generates_for_the_same_settings(m
 
 
 def test_pipeline_settings_given_to_airflow_are_ones_the_code_reads():
-    read = set()
-    for folder in CODE_DIRS:
-        for path in (REPO / folder).rglob("*.py"):
-            read |= set(re.findall(r"PIPELINE_[A-Z0-9_]+", path.read_text()))
+    from include.settings import setting_names
+
+    read = setting_names()
     for name, service in airflow_services(RAW).items():
         unknown = sorted(key for key in environment(service) if key.startswith("PIPELINE_") and key not in read)
         assert unknown == [], f"{name}: settings no code reads (typo?): {unknown}"
@@ -733,13 +732,15 @@ def test_spark_workers_run_the_drivers_python_and_code():
 
 
 def test_the_topic_is_created_deliberately_with_the_settings_defaults():
-    from include.settings import _SPEC
+    from include.settings import Settings
+
+    defaults = Settings.model_fields
 
     services = resolved()["services"]
     assert environment(services["kafka"])["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
     init = services["kafka-init"]
     script = init["command"][-1]
     assert "--create" in script and "--if-not-exists" in script
-    assert environment(init)["TOPIC"] == _SPEC["PIPELINE_KAFKA_TOPIC"][0]
-    assert environment(init)["PARTITIONS"] == _SPEC["PIPELINE_KAFKA_PARTITIONS"][0]
-    assert environment(services["airflow-scheduler"])["PIPELINE_KAFKA_TOPIC"] == _SPEC["PIPELINE_KAFKA_TOPIC"][0]
+    assert environment(init)["TOPIC"] == defaults["kafka_topic"].default
+    assert environment(init)["PARTITIONS"] == str(defaults["kafka_partitions"].default)
+    assert environment(services["airflow-scheduler"])["PIPELINE_KAFKA_TOPIC"] == defaults["kafka_topic"].default
