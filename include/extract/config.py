@@ -1,11 +1,15 @@
 """Settings of the extraction, read like every other setting (environment, then `.env`, then defaults).
 
-| name                               | default          | meaning                                           |
-|------------------------------------|------------------|---------------------------------------------------|
-| PIPELINE_EXTRACT_SOURCE            | postgres         | `postgres` (direct) or `rest` (Supabase REST API) |
-| PIPELINE_EXTRACT_PAGE_SIZE         | 5000; rest: 1000 | rows per page (at most 1000 for `rest`)           |
-| PIPELINE_EXTRACT_LOOKBACK_SECONDS  | 300              | window re-read before the cursor on every run     |
-| PIPELINE_EXTRACT_SCHEDULE          | */10 * * * *     | the DAG's schedule (process environment only)     |
+| name                                       | default          | meaning                                   |
+|--------------------------------------------|------------------|-------------------------------------------|
+| PIPELINE_EXTRACT_SOURCE                    | postgres         | `postgres` (direct) or `rest` (Supabase)  |
+| PIPELINE_EXTRACT_PAGE_SIZE                 | 5000; rest: 1000 | rows per page (at most 1000 for `rest`)   |
+| PIPELINE_EXTRACT_LOOKBACK_SECONDS          | 300              | window re-read before the cursor          |
+| PIPELINE_EXTRACT_SAFETY_MARGIN_SECONDS     | 2                | read versions up to source now minus this |
+| PIPELINE_EXTRACT_ALLOWED_SKEW_SECONDS      | 60               | newer than source now + this: dead letter |
+| PIPELINE_EXTRACT_REST_CLOCK_MARGIN_SECONDS | 30               | `rest`: "now" = client clock minus this   |
+| PIPELINE_EXTRACT_MAX_PAYLOAD_BYTES         | 262144           | larger messages are dead letters          |
+| PIPELINE_EXTRACT_SCHEDULE                  | */10 * * * *     | the DAG's schedule (process environment)  |
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ import os
 from dataclasses import dataclass
 from typing import Mapping
 
-from include.extract.extractor import DEFAULT_LOOKBACK, DEFAULT_PAGE_SIZE, RunOptions
+from include.contract import MAX_PAYLOAD_BYTES
+from include.extract.extractor import (DEFAULT_ALLOWED_SKEW, DEFAULT_LOOKBACK, DEFAULT_PAGE_SIZE,
+                                       DEFAULT_SAFETY_MARGIN, RunOptions)
+from include.extract.sources import DEFAULT_REST_CLOCK_MARGIN
 from include.settings import _SPEC, SettingsError, raw_values
 
 PREFIX = "PIPELINE_EXTRACT_"
@@ -34,6 +41,10 @@ class ExtractConfig:
     # None: the source's default (DEFAULT_PAGE_SIZES).
     page_size: int | None = None
     lookback: dt.timedelta = DEFAULT_LOOKBACK
+    safety_margin: dt.timedelta = DEFAULT_SAFETY_MARGIN
+    allowed_skew: dt.timedelta = DEFAULT_ALLOWED_SKEW
+    rest_clock_margin: dt.timedelta = DEFAULT_REST_CLOCK_MARGIN
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -42,8 +53,14 @@ class ExtractConfig:
             object.__setattr__(self, "page_size", DEFAULT_PAGE_SIZES[self.source])
         if self.page_size < 1:
             raise SettingsError(f"PIPELINE_EXTRACT_PAGE_SIZE={self.page_size} must be positive")
-        if self.lookback < dt.timedelta(0):
-            raise SettingsError(f"PIPELINE_EXTRACT_LOOKBACK_SECONDS={self.lookback} must not be negative")
+        for name, value in (("PIPELINE_EXTRACT_LOOKBACK_SECONDS", self.lookback),
+                            ("PIPELINE_EXTRACT_SAFETY_MARGIN_SECONDS", self.safety_margin),
+                            ("PIPELINE_EXTRACT_ALLOWED_SKEW_SECONDS", self.allowed_skew),
+                            ("PIPELINE_EXTRACT_REST_CLOCK_MARGIN_SECONDS", self.rest_clock_margin)):
+            if value < dt.timedelta(0):
+                raise SettingsError(f"{name}={value.total_seconds():g} must not be negative")
+        if self.max_payload_bytes < 1:
+            raise SettingsError(f"PIPELINE_EXTRACT_MAX_PAYLOAD_BYTES={self.max_payload_bytes} must be positive")
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> ExtractConfig:
@@ -51,17 +68,25 @@ class ExtractConfig:
         # raw_values layers the settings files under the environment for the foundation's names only.
         values = raw_values(dict(environ)) | {k: v for k, v in environ.items() if k.startswith(PREFIX)}
         defaults = cls()
+
+        def seconds(name: str, default: dt.timedelta) -> dt.timedelta:
+            return dt.timedelta(seconds=_integer(values, name, int(default.total_seconds())))
+
         return cls(
             source=values.get("PIPELINE_EXTRACT_SOURCE") or defaults.source,
             page_size=_integer(values, "PIPELINE_EXTRACT_PAGE_SIZE", None),
-            lookback=dt.timedelta(seconds=_integer(values, "PIPELINE_EXTRACT_LOOKBACK_SECONDS",
-                                                   int(defaults.lookback.total_seconds()))),
+            lookback=seconds("PIPELINE_EXTRACT_LOOKBACK_SECONDS", defaults.lookback),
+            safety_margin=seconds("PIPELINE_EXTRACT_SAFETY_MARGIN_SECONDS", defaults.safety_margin),
+            allowed_skew=seconds("PIPELINE_EXTRACT_ALLOWED_SKEW_SECONDS", defaults.allowed_skew),
+            rest_clock_margin=seconds("PIPELINE_EXTRACT_REST_CLOCK_MARGIN_SECONDS", defaults.rest_clock_margin),
+            max_payload_bytes=_integer(values, "PIPELINE_EXTRACT_MAX_PAYLOAD_BYTES", defaults.max_payload_bytes),
         )
 
     def run_options(self, from_timestamp: dt.datetime | None = None, lookback: dt.timedelta | None = None,
                     max_rows: int | None = None) -> RunOptions:
         return RunOptions(page_size=self.page_size, lookback=self.lookback if lookback is None else lookback,
-                          from_timestamp=from_timestamp, max_rows=max_rows)
+                          from_timestamp=from_timestamp, max_rows=max_rows, safety_margin=self.safety_margin,
+                          allowed_skew=self.allowed_skew, max_payload_bytes=self.max_payload_bytes)
 
 
 def parse_from_timestamp(value: str | None) -> dt.datetime | None:
