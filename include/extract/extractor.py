@@ -2,27 +2,46 @@
 
 Per entity there are two streams, each with its own cursor in `extract_cursors`: the records themselves
 (cursor name = entity name) and the captured deletions, published as tombstones (`<entity>:deleted`).
-For each page:
+A run first reads the source's clock (`Source.clock`): its `now`, and when the oldest write transaction still
+open on it began. Then, per stream:
 
-1. read up to `page_size` rows strictly after the current position, in (version, key) order, in a reader
-   thread that already reads the next page while this one is published;
-2. encode each row with the message contract; a row without a required field (its key, its version), or
+1. rows dated after `now` + `allowed_skew` are recorded as dead letters (`version_in_future`, with their key
+   and version); they move no cursor and are looked at again on every run;
+2. read up to `page_size` rows strictly after the current position and no newer than the read bound,
+   `now` - `safety_margin`, in (version, key) order, in a reader thread that already reads the next page while
+   this one is published;
+3. encode each row with the message contract; a row without a required field (its key, its version), or
    with a value the contract cannot serialise, becomes a dead letter instead and the page goes on. The
    Postgres source encodes pages of well-formed rows itself (include/extract/encoding.py), to the same
-   messages, and leaves any page with a row it cannot write exactly so to this row-by-row path;
-3. hand the page to the producer; while the broker acknowledges it, the next pages are read and sent
+   messages, and leaves any page with a row it cannot write exactly so to this row-by-row path. A message
+   larger than the streaming job accepts (`max_payload_bytes`) or than the topic takes (the publisher's
+   `max_value_bytes`) becomes a dead letter too (`payload_too_large`, with key, version and size);
+4. hand the page to the producer; while the broker acknowledges it, the next pages are read and sent
    (at most `pages_in_flight` unsettled);
-4. settle pages oldest first: wait until the broker acknowledged every message of the page (else raise, and
+5. settle pages oldest first: wait until the broker acknowledged every message of the page (else raise, and
    nothing below runs), then in one warehouse transaction store its dead letters and move the cursor to its
-   last row.
+   last row, but never past the start of the oldest open write transaction.
 
-A process killed anywhere in this loop has moved the cursor only past acknowledged pages; the rerun sends
-the unfinished page again (at-least-once; downstream upserts by key and version, so a repeat is harmless).
+What this guarantees, and why:
 
-Each run starts `lookback` before the stored cursor, because `updated_at` is set when a row is written but
-the row becomes visible only when its transaction commits: a row committed after a run read past its
-`updated_at` is found by the next run if it committed within the lookback window. A backfill starts at a
-given time instead and moves the cursor only if it passes the stored one.
+- A process killed anywhere in this loop has moved the cursor only past acknowledged pages; the rerun sends
+  the unfinished page again (at-least-once; downstream upserts by key and version, so a repeat is harmless).
+- A row becomes visible when its transaction commits, but carries the time it was written. The cursor stays
+  before every write transaction open when the run began (`SourceClock.oldest_open_write`), so a row that
+  commits later is still ahead of the cursor, however late: the next run re-reads from there. The lookback
+  (each run starts `lookback` before the stored cursor) is then a tuning knob, not the guarantee, except
+  where the source cannot show when its open transactions began (a role without pg_read_all_stats, the REST
+  source): then a warning is logged per entity and run, and only a commit within the lookback is found.
+- The cursor never passes the read bound, so a future-dated row (a client's INSERT with any `updated_at`, a
+  clock step) neither moves it nor blocks the rows written after it; once the clock reaches the row's version
+  it is read and published like any other. The safety margin covers the instants between a row's stamp
+  (`clock_timestamp()`) and its transaction taking an xid, and the REST source's clock being the client's.
+- No row blocks its entity: a row too large for the job or the broker is a dead letter the cursor passes, so
+  the source can be told (its id and size are in `dead_letters`, stage 'extract').
+- Not covered: a client writing a version in the past (on INSERT, or a clock stepping back) by more than the
+  lookback behind the cursor; such a row is found only by a backfill.
+
+A backfill starts at a given time instead and moves the cursor only if it passes the stored one.
 """
 
 from __future__ import annotations
@@ -297,6 +316,8 @@ def _drain(entity: Entity, stream: _Stream, state: ExtractState, publisher: Kafk
     log.info("%s: reading after %s up to version %s (stored cursor %s, cursor ceiling %s)", stream.cursor_name,
              after, until.isoformat(), stored, ceiling)
     result.dead_letters += _dead_letter_future_rows(entity, stream, state, clock, options)
+    # What the streaming job would dead-letter, and what the broker would refuse (failing the run), is refused here.
+    max_value_bytes = min(options.max_payload_bytes, publisher.max_value_bytes)
 
     def settle(page: _Page) -> None:
         # The cursor moves only here: after every message of the page, and of each page before it, is acked;
@@ -347,7 +368,7 @@ def _drain(entity: Entity, stream: _Stream, state: ExtractState, publisher: Kafk
             # The source returns `limit` rows whenever that many remain, so a short page is the last one.
             elif page.rows == limit:
                 next_page = request(page.position, read)
-            messages, oversized = split_oversized(entity, page.messages, options.max_payload_bytes)
+            messages, oversized = split_oversized(entity, page.messages, max_value_bytes)
             pending.append(_Page(publisher.send(messages), page.position, page.rows, page.dead_letters + oversized))
             while pending and (len(pending) > options.pages_in_flight or pending[0].in_flight.done):
                 settle(pending.popleft())

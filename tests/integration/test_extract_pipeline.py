@@ -491,3 +491,28 @@ def test_an_oversized_row_is_a_dead_letter_and_the_entity_moves_on(
         reason, payload = letters[record_id]
         assert reason.startswith("payload_too_large") and size < payload["bytes"] < size + 1000
         assert payload["updated_at"] is not None
+
+
+def test_the_topics_own_message_limit_is_respected_below_the_payload_limit(
+        settings, source_db, source_schema, endpoints, warehouse_db, read_topic, kafka_topic):
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="pytest")
+    try:
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, kafka_topic,
+                                            configs={"max.message.bytes": "100000"})])
+    finally:
+        admin.close()
+    leads = f"{quote_ident(source_schema)}.leads"
+    [(big,)] = source_db.execute(f"INSERT INTO {leads} (nome) VALUES (repeat('z', 150000)) RETURNING id::text"
+                                 ).fetchall()
+    source_db.execute(f"INSERT INTO {leads} (nome) VALUES ('Pequeno')")
+    source_db.commit()
+
+    result = extract(endpoints)
+
+    assert [r.value["nome"] for r in records(read_topic, kafka_topic)] == ["Pequeno"]
+    [(reason, payload)] = extract_dead_letters(warehouse_db)
+    assert payload["id"] == big and reason.startswith("payload_too_large") and reason.endswith(
+        f"the limit is {100_000 - 512 - 36}")
+    assert result.records.published == 1 and result.records.cursor is not None

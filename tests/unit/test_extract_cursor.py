@@ -96,6 +96,8 @@ class Failed:
 class MemoryPublisher:
     """Acknowledges every page except the `fail_page`-th one (1-based) it is handed."""
 
+    max_value_bytes = 1024 * 1024 - 1000
+
     def __init__(self, fail_page: int | None = None):
         self.fail_page = fail_page
         self.pages: list[list[tuple[bytes, bytes]]] = []

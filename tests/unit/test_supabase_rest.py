@@ -76,6 +76,8 @@ def test_pages_follow_the_last_row_until_a_short_page(source):
     sent = []
 
     class Publisher:
+        max_value_bytes = 1024 * 1024
+
         def send(self, messages):
             sent.extend(json.loads(value) for _, value in messages)
             return self
