@@ -516,3 +516,19 @@ def test_the_topics_own_message_limit_is_respected_below_the_payload_limit(
     assert payload["id"] == big and reason.startswith("payload_too_large") and reason.endswith(
         f"the limit is {100_000 - 512 - 36}")
     assert result.records.published == 1 and result.records.cursor is not None
+
+
+def test_the_safety_margin_leaves_the_newest_versions_to_the_next_run(source_db, source_schema, endpoints,
+                                                                      warehouse_db, read_topic, kafka_topic):
+    leads = f"{quote_ident(source_schema)}.leads"
+    source_db.execute(f"INSERT INTO {leads} (nome) SELECT 'Recente ' || n FROM generate_series(1, 5) n")
+    source_db.commit()
+    margin = dt.timedelta(seconds=1.5)
+
+    too_soon = extract(endpoints, safety_margin=margin)
+    time.sleep(margin.total_seconds())
+    later = extract(endpoints, safety_margin=margin)
+
+    assert too_soon.records.published == 0 and too_soon.records.cursor is None
+    assert later.records.published == 5 and len(records(read_topic, kafka_topic)) == 5
+    assert cursor(warehouse_db) == Position(*source_leads(source_db, source_schema)[-1])
