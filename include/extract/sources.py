@@ -160,10 +160,11 @@ class PostgresSource:
         role sees: every backend's `backend_xid` is visible to every role, but `xact_start` (like `query`,
         `state`) only for sessions of roles this role is a member of, unless it is a superuser or a member of
         `pg_read_all_stats` (PostgreSQL's "Statistics Views" docs: "In rows about other sessions, many columns
-        will be null"; checked on PostgreSQL 15). On hosted Supabase, grant the extraction's role
-        `pg_read_all_stats`, or run it as the role that owns the writing sessions; otherwise writes by other
-        roles (e.g. `authenticated` through PostgREST) show up here as hidden and the run falls back to its
-        lookback."""
+        will be null"; checked on PostgreSQL 15: another role's write shows `backend_xid`, NULL `xact_start` and
+        `<insufficient privilege>` as its query). Hosted Supabase gives no superuser; its `postgres` role may lack
+        `pg_read_all_stats`, and Supabase's own troubleshooting guide grants it (`grant pg_read_all_stats to
+        postgres;`). Without it, writes by other roles (e.g. `authenticated` through PostgREST) count here as
+        hidden: `open_writes_visible` is False and the run falls back to its lookback, with a warning."""
         [(now, oldest, hidden)] = self._fetch("extract_bounds.sql", {})
         return SourceClock(now, None if hidden else oldest, open_writes_visible=not hidden)
 
