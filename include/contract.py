@@ -16,6 +16,10 @@ from typing import Any, Mapping
 
 from include.entities import Entity
 
+# The largest message value the streaming job accepts (its --max-payload-bytes default); a larger one is its dead
+# letter, so the extraction refuses it first (PIPELINE_EXTRACT_MAX_PAYLOAD_BYTES), where the source can be told.
+MAX_PAYLOAD_BYTES = 256 * 1024
+
 TIPO_EVENTO = "tipo_evento"
 PROCESSADO_EM = "processado_em"
 DELETED = "deleted"

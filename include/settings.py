@@ -21,6 +21,8 @@ from urllib.parse import quote
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from include.contract import MAX_PAYLOAD_BYTES
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GENERATED_ENV_NAME = "generated.env"
 PREFIX = "PIPELINE_"
@@ -71,6 +73,10 @@ class Settings(BaseSettings):
     # Unset: the source's default page size.
     extract_page_size: Positive | None = None
     extract_lookback_seconds: NonNegative = 300
+    extract_safety_margin_seconds: NonNegative = 2
+    extract_allowed_skew_seconds: NonNegative = 60
+    extract_rest_clock_margin_seconds: NonNegative = 30
+    extract_max_payload_bytes: Positive = MAX_PAYLOAD_BYTES
     extract_schedule: str = "*/10 * * * *"
 
     # --- the streaming job's operation (include/orchestration/config.py)

@@ -29,7 +29,7 @@ KAFKA_CONN_ID = "kafka_default"
 def _source(stack: ExitStack, config: ExtractConfig) -> Source:
     if config.source == "rest":
         connection = BaseHook.get_connection(SOURCE_REST_CONN_ID)
-        return SupabaseRestSource.connect(connection.host, connection.password)
+        return SupabaseRestSource.connect(connection.host, connection.password, clock_margin=config.rest_clock_margin)
     connection = PostgresHook(postgres_conn_id=SOURCE_POSTGRES_CONN_ID).get_conn()
     return PostgresSource(stack.enter_context(closing(connection)))
 

@@ -1,5 +1,6 @@
 """The extraction's view of the `PIPELINE_EXTRACT_*` settings (declared in include/settings.py, documented in
-.env.example): the source, its page size (by source unless set) and the lookback window."""
+.env.example): the source, its page size (by source unless set), the lookback window, the read bound's margins and
+the payload limit."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Mapping
 
-from include.extract.extractor import DEFAULT_LOOKBACK, DEFAULT_PAGE_SIZE, RunOptions
+from include.contract import MAX_PAYLOAD_BYTES
+from include.extract.extractor import (DEFAULT_ALLOWED_SKEW, DEFAULT_LOOKBACK, DEFAULT_PAGE_SIZE,
+                                       DEFAULT_SAFETY_MARGIN, RunOptions)
+from include.extract.sources import DEFAULT_REST_CLOCK_MARGIN
 from include.settings import SettingsError, load_settings
 
 SOURCES = ("postgres", "rest")
@@ -23,6 +27,10 @@ class ExtractConfig:
     # None: the source's default (DEFAULT_PAGE_SIZES).
     page_size: int | None = None
     lookback: dt.timedelta = DEFAULT_LOOKBACK
+    safety_margin: dt.timedelta = DEFAULT_SAFETY_MARGIN
+    allowed_skew: dt.timedelta = DEFAULT_ALLOWED_SKEW
+    rest_clock_margin: dt.timedelta = DEFAULT_REST_CLOCK_MARGIN
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -31,19 +39,33 @@ class ExtractConfig:
             object.__setattr__(self, "page_size", DEFAULT_PAGE_SIZES[self.source])
         if self.page_size < 1:
             raise SettingsError(f"PIPELINE_EXTRACT_PAGE_SIZE={self.page_size} must be positive")
-        if self.lookback < dt.timedelta(0):
-            raise SettingsError(f"PIPELINE_EXTRACT_LOOKBACK_SECONDS={self.lookback} must not be negative")
+        for name, value in (("PIPELINE_EXTRACT_LOOKBACK_SECONDS", self.lookback),
+                            ("PIPELINE_EXTRACT_SAFETY_MARGIN_SECONDS", self.safety_margin),
+                            ("PIPELINE_EXTRACT_ALLOWED_SKEW_SECONDS", self.allowed_skew),
+                            ("PIPELINE_EXTRACT_REST_CLOCK_MARGIN_SECONDS", self.rest_clock_margin)):
+            if value < dt.timedelta(0):
+                raise SettingsError(f"{name}={value.total_seconds():g} must not be negative")
+        if self.max_payload_bytes < 1:
+            raise SettingsError(f"PIPELINE_EXTRACT_MAX_PAYLOAD_BYTES={self.max_payload_bytes} must be positive")
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> ExtractConfig:
         settings = load_settings(environ, require_secrets=False)
-        return cls(source=settings.extract_source, page_size=settings.extract_page_size,
-                   lookback=dt.timedelta(seconds=settings.extract_lookback_seconds))
+        return cls(
+            source=settings.extract_source,
+            page_size=settings.extract_page_size,
+            lookback=dt.timedelta(seconds=settings.extract_lookback_seconds),
+            safety_margin=dt.timedelta(seconds=settings.extract_safety_margin_seconds),
+            allowed_skew=dt.timedelta(seconds=settings.extract_allowed_skew_seconds),
+            rest_clock_margin=dt.timedelta(seconds=settings.extract_rest_clock_margin_seconds),
+            max_payload_bytes=settings.extract_max_payload_bytes,
+        )
 
     def run_options(self, from_timestamp: dt.datetime | None = None, lookback: dt.timedelta | None = None,
                     max_rows: int | None = None) -> RunOptions:
         return RunOptions(page_size=self.page_size, lookback=self.lookback if lookback is None else lookback,
-                          from_timestamp=from_timestamp, max_rows=max_rows)
+                          from_timestamp=from_timestamp, max_rows=max_rows, safety_margin=self.safety_margin,
+                          allowed_skew=self.allowed_skew, max_payload_bytes=self.max_payload_bytes)
 
 
 def parse_from_timestamp(value: str | None) -> dt.datetime | None:

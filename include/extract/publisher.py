@@ -7,6 +7,7 @@ acknowledged every message of the page, and raises otherwise, so the caller can 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import time
@@ -34,6 +35,11 @@ DEFAULT_PRODUCER_CONFIG = {
     "max_block_ms": 30_000,
 }
 
+# Bytes a record batch of one message adds to its key and value (a 61-byte batch header, the record's varints and
+# attributes), rounded up: a value is refused when it plus its key plus this would exceed what the broker takes.
+RECORD_OVERHEAD_BYTES = 512
+
+UUID_KEY_BYTES = 36
 _MASK = 0xFFFFFFFF
 _M = np.uint32(0x5BD1E995)
 
@@ -116,6 +122,27 @@ class KafkaPublisher:
                 f"Kafka broker at {bootstrap_servers} is unreachable ({type(error).__name__}: {error}); "
                 f"nothing was published to topic {topic!r} and no cursor moved"
             ) from error
+
+    @functools.cached_property
+    def max_value_bytes(self) -> int:
+        """The largest value the broker accepts for this topic with a uuid key: the topic's `max.message.bytes`
+        (the broker's `message.max.bytes` unless the topic overrides it) or the producer's `max_request_size`,
+        whichever is smaller, less the record overhead."""
+        from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+        admin = None
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, client_id="supabase-extract-limits")
+            described = admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, self.topic, configs=["max.message.bytes"])],
+                config_filter="all")
+            topic_limit = int(described["topic"][self.topic]["max.message.bytes"]["value"])
+        except (KafkaError, KeyError) as error:
+            raise self._failure(error) from error
+        finally:
+            if admin is not None:
+                admin.close()
+        return min(topic_limit, self._producer.config["max_request_size"]) - RECORD_OVERHEAD_BYTES - UUID_KEY_BYTES
 
     def _failure(self, error: Exception) -> PublishError:
         return PublishError(f"publishing to {self.topic!r} at {self.bootstrap_servers} failed "

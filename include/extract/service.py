@@ -61,7 +61,8 @@ def _open_source(stack: ExitStack, settings: Settings, config: ExtractConfig, en
     if config.source == "rest":
         if not (settings.supabase_url and settings.supabase_key):
             raise SettingsError("PIPELINE_EXTRACT_SOURCE=rest needs PIPELINE_SUPABASE_URL and PIPELINE_SUPABASE_KEY")
-        return SupabaseRestSource.connect(settings.supabase_url, settings.supabase_key, schema=endpoints.source_schema)
+        return SupabaseRestSource.connect(settings.supabase_url, settings.supabase_key, schema=endpoints.source_schema,
+                                          clock_margin=config.rest_clock_margin)
     connection = stack.enter_context(closing(connect_postgres(settings, settings.pg_source_db)))
     return PostgresSource(connection, schema=endpoints.source_schema)
 

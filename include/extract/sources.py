@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from include.contract import now_utc
 from include.entities import Entity
 from include.extract.encoding import EARLIEST, LATEST, TEXT_TYPES, can_encode, encode_rows, last_version_and_key
 from include.schema import quote_ident, render_sql
@@ -27,6 +28,8 @@ AFTER_ALL_KEYS = "ffffffff-ffff-ffff-ffff-ffffffffffff"
 RESOLUTION = dt.timedelta(microseconds=1)
 # PostgREST's default `db-max-rows`: a larger request is cut to this size without any error.
 POSTGREST_MAX_ROWS = 1000
+# How far the REST source holds its bound back from the client's clock (see SupabaseRestSource.clock).
+DEFAULT_REST_CLOCK_MARGIN = dt.timedelta(seconds=30)
 
 
 # Whether the encoded page query applies: every named column of the table has the named type (`to_regtype`
@@ -75,6 +78,19 @@ class EncodedPage:
     position: Position | None
 
 
+@dataclass(frozen=True)
+class SourceClock:
+    """The source's time when a stream's run starts: what bounds the versions it reads and its cursor."""
+
+    now: dt.datetime
+    # When the oldest write transaction still open on the source started; None when none is open, or when
+    # `open_writes_visible` is False.
+    oldest_open_write: dt.datetime | None
+    # False when the source cannot show when every open write transaction started (a role without the rights
+    # to, or a REST API that does not expose it): then only the lookback covers late commits.
+    open_writes_visible: bool
+
+
 def deletion_row(entity: Entity, record_id: Any, deleted_at: dt.datetime) -> dict:
     """A captured deletion, shaped like a row of the entity so one keyset loop serves both."""
     return {entity.key: record_id, entity.version_column: deleted_at}
@@ -87,11 +103,17 @@ class Source(Protocol):
     # The largest page the source returns without truncating; None when it has no cap.
     max_page_size: int | None
 
-    def read_changes(self, entity: Entity, after: Position | None, limit: int) -> list[dict]:
-        """Up to `limit` rows of the entity after `after` (from the beginning when None), in keyset order."""
+    def clock(self) -> SourceClock:
+        """The source's current time and its oldest open write transaction."""
 
-    def read_deletions(self, entity: Entity, after: Position | None, limit: int) -> list[dict]:
-        """Up to `limit` captured deletions as `deletion_row`s after `after`, in keyset order."""
+    def read_changes(self, entity: Entity, after: Position | None, limit: int,
+                     until: dt.datetime | None = None) -> list[dict]:
+        """Up to `limit` rows of the entity after `after` (from the beginning when None) whose version is at
+        most `until` (any when None), in keyset order."""
+
+    def read_deletions(self, entity: Entity, after: Position | None, limit: int,
+                       until: dt.datetime | None = None) -> list[dict]:
+        """Up to `limit` captured deletions as `deletion_row`s after `after`, up to `until`, in keyset order."""
 
     def count(self, entity: Entity, since: dt.datetime | None = None) -> int:
         """Rows of the entity, or only those whose version is >= since."""
@@ -130,39 +152,59 @@ class PostgresSource:
             cursor.execute(render_sql(template, schema=self.schema, **context), params)
             return cursor.fetchall()
 
+    def clock(self) -> SourceClock:
+        """`clock_timestamp()` and the oldest `xact_start` among this database's backends holding an xid.
+
+        Rows are stamped by the source's own clock (the version column's default and trigger use
+        `clock_timestamp()`), so the bound and the versions come from one clock. Which open transactions this
+        role sees: every backend's `backend_xid` is visible to every role, but `xact_start` (like `query`,
+        `state`) only for sessions of roles this role is a member of, unless it is a superuser or a member of
+        `pg_read_all_stats` (PostgreSQL's "Statistics Views" docs: "In rows about other sessions, many columns
+        will be null"; checked on PostgreSQL 15: another role's write shows `backend_xid`, NULL `xact_start` and
+        `<insufficient privilege>` as its query). Hosted Supabase gives no superuser; its `postgres` role may lack
+        `pg_read_all_stats`, and Supabase's own troubleshooting guide grants it (`grant pg_read_all_stats to
+        postgres;`). Without it, writes by other roles (e.g. `authenticated` through PostgREST) count here as
+        hidden: `open_writes_visible` is False and the run falls back to its lookback, with a warning."""
+        [(now, oldest, hidden)] = self._fetch("extract_bounds.sql", {})
+        return SourceClock(now, None if hidden else oldest, open_writes_visible=not hidden)
+
     @staticmethod
-    def _keyset_params(after: Position | None, limit: int) -> dict:
-        params: dict[str, Any] = {"limit": limit}
+    def _keyset_params(after: Position | None, limit: int, until: dt.datetime | None = None) -> dict:
+        params: dict[str, Any] = {"limit": limit, "until": until}
         if after is not None:
             params.update(after_version=after.version, after_key=after.key)
         return params
 
-    def _page_sql(self, entity: Entity, after: Position | None, encoded: bool) -> str:
+    def _page_sql(self, entity: Entity, after: Position | None, until: dt.datetime | None, encoded: bool) -> str:
         return render_sql(
             "extract_page.sql",
             schema=self.schema,
             entity=entity,
             keyset=after is not None,
+            until=until is not None,
             version_type=_field_type(entity, entity.version_column),
             key_type=_field_type(entity, entity.key),
             encoded=encoded,
             text_types=TEXT_TYPES,
         )
 
-    def read_changes(self, entity: Entity, after: Position | None, limit: int) -> list[dict]:
+    def read_changes(self, entity: Entity, after: Position | None, limit: int,
+                     until: dt.datetime | None = None) -> list[dict]:
         with self._transaction() as cursor:
-            cursor.execute(self._page_sql(entity, after, encoded=False), self._keyset_params(after, limit))
+            cursor.execute(self._page_sql(entity, after, until, encoded=False),
+                           self._keyset_params(after, limit, until))
             rows = cursor.fetchall()
         names = entity.field_names
         return [dict(zip(names, row)) for row in rows]
 
     def read_change_messages(self, entity: Entity, after: Position | None, limit: int,
-                             processado_em: dt.datetime) -> EncodedPage | list[dict]:
+                             processado_em: dt.datetime, until: dt.datetime | None = None
+                             ) -> EncodedPage | list[dict]:
         """The page as finished messages (include/extract/encoding.py) when the table's columns have the
         registry's types and every row can be written as the contract writes it; otherwise its rows, as
         `read_changes` returns them, for the row-by-row path."""
         if not can_encode(entity):
-            return self.read_changes(entity, after, limit)
+            return self.read_changes(entity, after, limit, until)
         table = f"{quote_ident(self.schema)}.{quote_ident(entity.source_table)}"
         with self._transaction() as cursor:
             # The lock a SELECT takes anyway, taken first: the column types checked next cannot change before
@@ -173,17 +215,18 @@ class PostgresSource:
             [applies] = cursor.fetchone()
             rows = None
             if applies:
-                cursor.execute(self._page_sql(entity, after, encoded=True),
-                               self._keyset_params(after, limit) | {"earliest": EARLIEST, "latest": LATEST})
+                cursor.execute(self._page_sql(entity, after, until, encoded=True),
+                               self._keyset_params(after, limit, until) | {"earliest": EARLIEST, "latest": LATEST})
                 rows = cursor.fetchall()
         messages = None if rows is None else encode_rows(entity, rows, processado_em)
         if messages is None:
-            return self.read_changes(entity, after, limit)
+            return self.read_changes(entity, after, limit, until)
         return EncodedPage(messages, Position(*last_version_and_key(entity, rows)) if rows else None)
 
-    def read_deletions(self, entity: Entity, after: Position | None, limit: int) -> list[dict]:
-        params = self._keyset_params(after, limit) | {"entity": entity.name}
-        rows = self._fetch("extract_deletions.sql", params, keyset=after is not None)
+    def read_deletions(self, entity: Entity, after: Position | None, limit: int,
+                       until: dt.datetime | None = None) -> list[dict]:
+        params = self._keyset_params(after, limit, until) | {"entity": entity.name}
+        rows = self._fetch("extract_deletions.sql", params, keyset=after is not None, until=until is not None)
         return [deletion_row(entity, record_id, deleted_at) for record_id, deleted_at in rows]
 
     def count(self, entity: Entity, since: dt.datetime | None = None) -> int:
@@ -206,17 +249,30 @@ class SupabaseRestSource:
     errors) with respx; it has never met a real PostgREST here.
     """
 
-    def __init__(self, client, max_rows: int = POSTGREST_MAX_ROWS):
+    def __init__(self, client, max_rows: int = POSTGREST_MAX_ROWS,
+                 clock_margin: dt.timedelta = DEFAULT_REST_CLOCK_MARGIN):
         self.client = client
         self.max_page_size = max_rows
+        self.clock_margin = clock_margin
 
     @classmethod
     def connect(cls, url: str, key: str, schema: str = "public", timeout_s: float = 60.0,
-                max_rows: int = POSTGREST_MAX_ROWS) -> SupabaseRestSource:
+                max_rows: int = POSTGREST_MAX_ROWS,
+                clock_margin: dt.timedelta = DEFAULT_REST_CLOCK_MARGIN) -> SupabaseRestSource:
         from supabase import ClientOptions, create_client
 
         options = ClientOptions(schema=schema, postgrest_client_timeout=timeout_s)
-        return cls(create_client(url, key, options=options), max_rows=max_rows)
+        return cls(create_client(url, key, options=options), max_rows=max_rows, clock_margin=clock_margin)
+
+    def clock(self) -> SourceClock:
+        """The client's clock minus `clock_margin`, and no view of open transactions.
+
+        PostgREST exposes neither the database's clock nor pg_stat_activity without a function created for it
+        (an RPC), and its HTTP `Date` header has whole seconds from the gateway's clock, not the database's. So
+        the bound is this machine's clock held back by a margin larger than the clock skew between it and the
+        database can be (NTP keeps both within well under a second; the default leaves 30 s), and late commits
+        are covered by the lookback only: `open_writes_visible` is False."""
+        return SourceClock(now_utc() - self.clock_margin, None, open_writes_visible=False)
 
     def _check_limit(self, limit: int) -> None:
         if not 1 <= limit <= self.max_page_size:
@@ -241,30 +297,35 @@ class SupabaseRestSource:
             raise SourceError(f"Supabase REST read of {table!r} failed: {error.code} {error.message}") from error
 
     def _page(self, table: str, columns: str, version_column: str, key: str, after: Position | None,
-              limit: int, **equals) -> list[dict]:
+              limit: int, until: dt.datetime | None, **equals) -> list[dict]:
         self._check_limit(limit)
         query = self.client.table(table).select(columns)
         for column, value in equals.items():
             query = query.eq(column, value)
         if after is not None:
             query = query.or_(self._keyset_filter(version_column, key, after))
+        if until is not None:
+            query = query.lte(version_column, until.isoformat())
         query = query.order(version_column).order(key).limit(limit)
         rows = self._execute(table, query).data
         if len(rows) > limit:
             raise SourceError(f"Supabase REST returned {len(rows)} rows of {table!r} for a limit of {limit}")
         return rows
 
-    def read_changes(self, entity: Entity, after: Position | None, limit: int) -> list[dict]:
+    def read_changes(self, entity: Entity, after: Position | None, limit: int,
+                     until: dt.datetime | None = None) -> list[dict]:
         rows = self._page(entity.source_table, ",".join(entity.field_names), entity.version_column, entity.key,
-                          after, limit)
+                          after, limit, until)
         timestamps = [f.name for f in entity.fields if f.type == "timestamptz"]
         for row in rows:
             for name in timestamps:
                 row[name] = _parse_timestamp(row.get(name))
         return rows
 
-    def read_deletions(self, entity: Entity, after: Position | None, limit: int) -> list[dict]:
-        rows = self._page("deleted_records", "id,deleted_at", "deleted_at", "id", after, limit, entity=entity.name)
+    def read_deletions(self, entity: Entity, after: Position | None, limit: int,
+                       until: dt.datetime | None = None) -> list[dict]:
+        rows = self._page("deleted_records", "id,deleted_at", "deleted_at", "id", after, limit, until,
+                          entity=entity.name)
         return [deletion_row(entity, row["id"], _parse_timestamp(row["deleted_at"])) for row in rows]
 
     def count(self, entity: Entity, since: dt.datetime | None = None) -> int:

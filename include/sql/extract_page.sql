@@ -1,4 +1,5 @@
--- One keyset page of an extracted entity's changes, oldest first. The row comparison walks the
+-- One keyset page of an extracted entity's changes, oldest first, optionally only versions up to
+-- `until`. The row comparison walks the
 -- (version, key) index, so rows sharing one version are never skipped or repeated between pages.
 {#- encoded: each value as the contract's encoder writes it, so the client only assembles the JSON
     (include/extract/encoding.py); right only for columns of the registry's types, which sources.py checks.
@@ -21,9 +22,13 @@ SELECT
     {%- else %}{{ name }}{% endif %}{% if not loop.last %}, {% endif %}
     {%- endfor %}
 FROM {{ schema | ident }}.{{ entity.source_table | ident }}
+WHERE true
 {%- if keyset %}
-WHERE ({{ entity.version_column | ident }}, {{ entity.key | ident }})
-    > (CAST(%(after_version)s AS {{ version_type }}), CAST(%(after_key)s AS {{ key_type }}))
+    AND ({{ entity.version_column | ident }}, {{ entity.key | ident }})
+        > (CAST(%(after_version)s AS {{ version_type }}), CAST(%(after_key)s AS {{ key_type }}))
+{%- endif %}
+{%- if until %}
+    AND {{ entity.version_column | ident }} <= CAST(%(until)s AS {{ version_type }})
 {%- endif %}
 ORDER BY {{ entity.version_column | ident }}, {{ entity.key | ident }}
 LIMIT %(limit)s

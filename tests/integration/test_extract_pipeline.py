@@ -29,11 +29,21 @@ from include.schema import quote_ident
 from include.settings import REPO_ROOT
 
 POSTGRES = ExtractConfig(source="postgres")
+# The tests' rows are committed before each run starts, so a run reads right up to the source's clock;
+# test_the_safety_margin_leaves_the_newest_versions_to_the_next_run sets a margin of its own.
+NO_SAFETY_MARGIN = {"safety_margin": dt.timedelta(0)}
 
 
 def extract(endpoints, **options):
-    [result] = run_extraction([LEAD.name], RunOptions(**options), config=POSTGRES, endpoints=endpoints)
+    [result] = run_extraction([LEAD.name], RunOptions(**NO_SAFETY_MARGIN | options), config=POSTGRES,
+                              endpoints=endpoints)
     return result
+
+
+def extract_dead_letters(warehouse_db) -> list[tuple[str, dict]]:
+    rows = warehouse_db.execute("SELECT reason, raw_payload FROM dead_letters WHERE stage = 'extract' "
+                                "AND entity = 'lead' ORDER BY id").fetchall()
+    return [(reason, json.loads(payload)) for reason, payload in rows]
 
 
 def source_leads(source_db, schema) -> list[tuple[dt.datetime, str]]:
@@ -83,7 +93,7 @@ def test_killed_mid_run_then_rerun_loses_nothing(settings, source_db, source_sch
     command = [sys.executable, "-m", "include.extract", "run", "--entity", "lead", "--page-size", "250",
                "--lookback-seconds", "0", "--source-schema", source_schema, "--warehouse-schema", pg_schema,
                "--topic", kafka_topic]
-    environment = os.environ | {"PIPELINE_EXTRACT_SOURCE": "postgres"}
+    environment = os.environ | {"PIPELINE_EXTRACT_SOURCE": "postgres", "PIPELINE_EXTRACT_SAFETY_MARGIN_SECONDS": "0"}
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
     try:
@@ -132,27 +142,42 @@ def test_rows_updated_after_a_run_are_picked_up_by_the_next(source_db, source_sc
     assert all(dt.datetime.fromisoformat(r.value["updated_at"]) == after[r.key] for r in published)
 
 
-def test_a_row_committed_late_inside_the_lookback_window_is_picked_up(
-        settings, source_db, source_schema, endpoints, read_topic, kafka_topic):
+def test_a_source_hiding_open_transactions_falls_back_to_the_lookback(
+        settings, restricted_source_db, source_db, source_schema, pg_schema, kafka_topic, read_topic, caplog):
+    """Without the right to see when other roles' transactions began, the cursor is not held back: a row
+    committed late is found by the lookback only, and the run says so."""
+    from include.extract.extractor import extract_entity
+    from include.extract.publisher import KafkaPublisher
     from include.extract.service import connect_postgres
+    from include.extract.sources import PostgresSource
+    from include.extract.state import ExtractState
 
     leads = f"{quote_ident(source_schema)}.leads"
-    with connect_postgres(settings, settings.pg_source_db) as slow:
-        # Its updated_at is taken now, but nobody sees the row until the commit below.
-        late_id = slow.execute(f"INSERT INTO {leads} (nome) VALUES ('Lúcia Atrasada') RETURNING id::text"
-                               ).fetchone()[0]
-        source_db.execute(f"INSERT INTO {leads} (nome) SELECT 'Inês ' || n FROM generate_series(1, 20) n")
-        source_db.commit()
-        extract(endpoints, page_size=50)
-        slow.commit()
+    with connect_postgres(settings, settings.pg_warehouse_db, pg_schema) as warehouse, \
+            KafkaPublisher(settings.kafka_bootstrap, kafka_topic) as publisher:
+        def run(lookback: dt.timedelta):
+            options = RunOptions(page_size=50, lookback=lookback, **NO_SAFETY_MARGIN)
+            return extract_entity(LEAD, PostgresSource(restricted_source_db, source_schema),
+                                  ExtractState(warehouse), publisher, options).records
 
-    without_lookback = extract(endpoints, page_size=50, lookback=dt.timedelta(0))
-    assert without_lookback.records.published == 0, "the late row is behind the cursor: only lookback finds it"
+        with connect_postgres(settings, settings.pg_source_db) as slow:
+            # Its updated_at is taken now, but nobody sees the row until the commit below.
+            late_id = slow.execute(f"INSERT INTO {leads} (nome) VALUES ('Lúcia Atrasada') RETURNING id::text"
+                                   ).fetchone()[0]
+            source_db.execute(f"INSERT INTO {leads} (nome) SELECT 'Inês ' || n FROM generate_series(1, 20) n")
+            source_db.commit()
+            with caplog.at_level("WARNING", logger="include.extract.extractor"):
+                while_open = run(dt.timedelta(0))
+            slow.commit()
 
-    with_lookback = extract(endpoints, page_size=50, lookback=dt.timedelta(minutes=5))
+        without_lookback = run(dt.timedelta(0))
+        with_lookback = run(dt.timedelta(minutes=5))
 
+    assert "does not show when its open write transactions began" in caplog.text
+    assert while_open.published == 20 and not while_open.cursor_held
+    assert without_lookback.published == 0, "the late row is behind the cursor: only the lookback finds it"
     assert late_id in {r.key for r in records(read_topic, kafka_topic)}
-    assert with_lookback.records.published == 21
+    assert with_lookback.published == 21
 
 
 def test_a_deleted_row_produces_exactly_one_tombstone(source_db, source_schema, endpoints, warehouse_db,
@@ -349,7 +374,7 @@ def test_psycopg2_connections_as_airflows_postgres_hook_gives_them(settings, sou
     source = psycopg2.connect(settings.pg_dsn(settings.pg_source_db))
     warehouse = psycopg2.connect(settings.pg_dsn(settings.pg_warehouse_db), options=(
         f"-c statement_timeout={settings.pg_statement_timeout_ms} -c search_path={pg_schema}"))
-    options = RunOptions(page_size=10, lookback=dt.timedelta(0))
+    options = RunOptions(page_size=10, lookback=dt.timedelta(0), **NO_SAFETY_MARGIN)
     try:
         with KafkaPublisher(settings.kafka_bootstrap, kafka_topic) as publisher:
             first = extract_entity(LEAD, PostgresSource(source, source_schema), ExtractState(warehouse), publisher,
@@ -364,3 +389,146 @@ def test_psycopg2_connections_as_airflows_postgres_hook_gives_them(settings, sou
     assert first.records.pages == 10 and first.records.published == 95
     assert second.records.published > 5 and second.deletions.published == 2
     assert len({r.key for r in read_topic(kafka_topic)}) == 95
+
+
+def test_a_row_dated_in_the_future_is_a_dead_letter_and_blocks_no_later_change(
+        source_db, source_schema, endpoints, warehouse_db, read_topic, kafka_topic):
+    """Issue 14, point 1: a client may write any updated_at on INSERT (the trigger stamps only UPDATEs)."""
+    leads = f"{quote_ident(source_schema)}.leads"
+    generate(source_db, DemoSize(20, sessions_per_lead=0), source_schema, seed=10)
+    [(far,)] = source_db.execute(f"INSERT INTO {leads} (nome, updated_at) VALUES ('Futuro', '2099-01-01T00:00Z') "
+                                 "RETURNING id::text").fetchall()
+    # Ahead of the source's clock by more than the allowed skew now, behind it a few seconds from now.
+    [(soon, soon_version)] = source_db.execute(
+        f"INSERT INTO {leads} (nome, updated_at) VALUES ('Logo', clock_timestamp() + interval '3 seconds') "
+        "RETURNING id::text, updated_at").fetchall()
+    source_db.commit()
+    skew = dt.timedelta(seconds=1)
+
+    first = extract(endpoints, page_size=8, allowed_skew=skew)
+    [(changed,)] = source_db.execute(f"UPDATE {leads} SET nome = 'Mudou' WHERE id = (SELECT id FROM {leads} "
+                                     "WHERE nome NOT IN ('Futuro', 'Logo') ORDER BY id LIMIT 1) RETURNING id::text"
+                                     ).fetchall()
+    [(new,)] = source_db.execute(f"INSERT INTO {leads} (nome) VALUES ('Novo') RETURNING id::text").fetchall()
+    source_db.commit()
+    first_run = offsets(read_topic, kafka_topic)
+    second = extract(endpoints, page_size=8, lookback=dt.timedelta(0), allowed_skew=skew)
+
+    assert {r.key: r.value["nome"] for r in records(read_topic, kafka_topic, after=first_run)} == {
+        changed: "Mudou", new: "Novo"}, "an update and an insert after the future-dated row were published"
+    assert first.records.published == 20 and first.records.dead_letters == 2
+    assert second.records.published == 2 and cursor(warehouse_db).version < soon_version
+    letters = extract_dead_letters(warehouse_db)
+    assert [(reason.split(":")[0], payload["id"]) for reason, payload in letters] == [
+        ("version_in_future", soon), ("version_in_future", far)], "recorded once each, re-checked every run"
+    assert dt.datetime.fromisoformat(letters[1][1]["updated_at"]) == dt.datetime(2099, 1, 1, tzinfo=dt.timezone.utc)
+
+    time.sleep(max((soon_version - dt.datetime.now(dt.timezone.utc)).total_seconds(), 0) + 0.5)
+    caught_up = extract(endpoints, page_size=8, lookback=dt.timedelta(0), allowed_skew=skew)
+
+    assert [r.key for r in records(read_topic, kafka_topic) if r.value["nome"] == "Logo"] == [soon]
+    assert caught_up.records.published == 1 and far not in {r.key for r in records(read_topic, kafka_topic)}
+    assert cursor(warehouse_db).version == soon_version
+
+
+def test_a_transaction_committing_later_than_the_lookback_is_still_published(
+        settings, source_db, source_schema, endpoints, warehouse_db, read_topic, kafka_topic):
+    """Issue 14, point 2: rows are stamped when written, visible when committed; the lookback is 2 s here and
+    the slow transaction commits about 3 s after a later update was committed and extracted."""
+    from include.extract.service import connect_postgres
+
+    leads = f"{quote_ident(source_schema)}.leads"
+    [(slow_id,), (fast_id,)] = source_db.execute(
+        f"INSERT INTO {leads} (nome) VALUES ('Lenta'), ('Rápida') RETURNING id::text").fetchall()
+    source_db.commit()
+    lookback = dt.timedelta(seconds=2)
+    extract(endpoints, lookback=lookback)
+    first_run = offsets(read_topic, kafka_topic)
+
+    with connect_postgres(settings, settings.pg_source_db) as slow:
+        [(slow_version,)] = slow.execute(f"UPDATE {leads} SET nome = 'Lenta, depois' WHERE id = %s "
+                                         "RETURNING updated_at", [slow_id]).fetchall()
+        time.sleep(lookback.total_seconds() + 1)
+        source_db.execute(f"UPDATE {leads} SET nome = 'Rápida, depois' WHERE id = %s", [fast_id])
+        source_db.commit()
+        while_open = extract(endpoints, lookback=lookback)
+        slow.commit()
+    after_commit = extract(endpoints, lookback=lookback)
+
+    published = {(r.key, r.value["nome"]) for r in records(read_topic, kafka_topic, after=first_run)}
+    assert (slow_id, "Lenta, depois") in published and (fast_id, "Rápida, depois") in published
+    assert while_open.records.cursor_held, "the open transaction held the cursor back"
+    assert while_open.records.cursor.version < slow_version
+    assert not after_commit.records.cursor_held
+
+
+def test_an_oversized_row_is_a_dead_letter_and_the_entity_moves_on(
+        source_db, source_schema, endpoints, warehouse_db, read_topic, kafka_topic):
+    """Issue 14, point 3: one row above the broker's message.max.bytes (1 MiB by default), one between the
+    streaming job's payload limit (256 KiB) and the broker's."""
+    leads = f"{quote_ident(source_schema)}.leads"
+    source_db.execute(f"INSERT INTO {leads} (nome) SELECT 'Antes ' || n FROM generate_series(1, 5) n")
+    source_db.commit()
+    [(huge,)] = source_db.execute(f"INSERT INTO {leads} (nome) VALUES (repeat('x', 1200000)) RETURNING id::text"
+                                  ).fetchall()
+    source_db.commit()
+    [(large,)] = source_db.execute(f"INSERT INTO {leads} (nome) VALUES (repeat('y', 300000)) RETURNING id::text"
+                                   ).fetchall()
+    source_db.execute(f"INSERT INTO {leads} (nome) SELECT 'Depois ' || n FROM generate_series(1, 5) n")
+    source_db.commit()
+
+    first = extract(endpoints, page_size=4)
+    second = extract(endpoints, page_size=4, lookback=dt.timedelta(minutes=5))
+
+    on_topic = records(read_topic, kafka_topic)
+    assert {r.value["nome"] for r in on_topic} == {f"{when} {n}" for when in ("Antes", "Depois") for n in range(1, 6)}
+    assert first.records.published == 10 and first.records.dead_letters == 2
+    assert cursor(warehouse_db) == Position(*source_leads(source_db, source_schema)[-1]), "the cursor passed them"
+    assert second.records.dead_letters == 2
+    letters = {payload["id"]: (reason, payload) for reason, payload in extract_dead_letters(warehouse_db)}
+    assert letters.keys() == {huge, large}, "recorded once each"
+    for record_id, size in ((huge, 1_200_000), (large, 300_000)):
+        reason, payload = letters[record_id]
+        assert reason.startswith("payload_too_large") and size < payload["bytes"] < size + 1000
+        assert payload["updated_at"] is not None
+
+
+def test_the_topics_own_message_limit_is_respected_below_the_payload_limit(
+        settings, source_db, source_schema, endpoints, warehouse_db, read_topic, kafka_topic):
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="pytest")
+    try:
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, kafka_topic,
+                                            configs={"max.message.bytes": "100000"})])
+    finally:
+        admin.close()
+    leads = f"{quote_ident(source_schema)}.leads"
+    [(big,)] = source_db.execute(f"INSERT INTO {leads} (nome) VALUES (repeat('z', 150000)) RETURNING id::text"
+                                 ).fetchall()
+    source_db.execute(f"INSERT INTO {leads} (nome) VALUES ('Pequeno')")
+    source_db.commit()
+
+    result = extract(endpoints)
+
+    assert [r.value["nome"] for r in records(read_topic, kafka_topic)] == ["Pequeno"]
+    [(reason, payload)] = extract_dead_letters(warehouse_db)
+    assert payload["id"] == big and reason.startswith("payload_too_large") and reason.endswith(
+        f"the limit is {100_000 - 512 - 36}")
+    assert result.records.published == 1 and result.records.cursor is not None
+
+
+def test_the_safety_margin_leaves_the_newest_versions_to_the_next_run(source_db, source_schema, endpoints,
+                                                                      warehouse_db, read_topic, kafka_topic):
+    leads = f"{quote_ident(source_schema)}.leads"
+    source_db.execute(f"INSERT INTO {leads} (nome) SELECT 'Recente ' || n FROM generate_series(1, 5) n")
+    source_db.commit()
+    margin = dt.timedelta(seconds=1.5)
+
+    too_soon = extract(endpoints, safety_margin=margin)
+    time.sleep(margin.total_seconds())
+    later = extract(endpoints, safety_margin=margin)
+
+    assert too_soon.records.published == 0 and too_soon.records.cursor is None
+    assert later.records.published == 5 and len(records(read_topic, kafka_topic)) == 5
+    assert cursor(warehouse_db) == Position(*source_leads(source_db, source_schema)[-1])

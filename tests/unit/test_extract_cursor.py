@@ -16,7 +16,7 @@ import pytest
 from include.entities import LEAD
 from include.extract.extractor import RunOptions, extract_entity, last_position, start_position
 from include.extract.publisher import PublishError
-from include.extract.sources import AFTER_ALL_KEYS, Position, deletion_row
+from include.extract.sources import AFTER_ALL_KEYS, Position, SourceClock, deletion_row
 
 T0 = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -29,26 +29,33 @@ def _key(row):
 class MemorySource:
     max_page_size = None
 
-    def __init__(self, rows, deletions=()):
+    def __init__(self, rows, deletions=(), now=T0 + dt.timedelta(days=1), oldest_open_write=None, visible=True):
         self.rows = sorted(rows, key=_key)
         self.deletions = sorted(deletions, key=_key)
         self.reads: list[tuple[Position | None, int]] = []
+        self.now, self.oldest_open_write, self.visible = now, oldest_open_write, visible
+
+    def clock(self):
+        return SourceClock(self.now, self.oldest_open_write, self.visible)
 
     @staticmethod
-    def _after(rows, after, limit):
+    def _after(rows, after, limit, until):
         if after is not None:
             # SQL: (version, key) > (v, k); a NULL key compares as unknown, so it passes only on version.
             rows = [r for r in rows if r[LEAD.version_column] > after.version
                     or (r[LEAD.version_column] == after.version and r[LEAD.key] is not None
                         and str(r[LEAD.key]) > after.key)]
+        if until is not None:
+            rows = [r for r in rows if r[LEAD.version_column] <= until]
         return [dict(r) for r in rows[:limit]]
 
-    def read_changes(self, entity, after, limit):
-        self.reads.append((after, limit))
-        return self._after(self.rows, after, limit)
+    def read_changes(self, entity, after, limit, until=None):
+        if until is not None:  # the extraction's page reads, not its look for rows dated in the future
+            self.reads.append((after, limit))
+        return self._after(self.rows, after, limit, until)
 
-    def read_deletions(self, entity, after, limit):
-        return self._after(self.deletions, after, limit)
+    def read_deletions(self, entity, after, limit, until=None):
+        return self._after(self.deletions, after, limit, until)
 
     def count(self, entity, since=None):
         return len(self.rows)
@@ -88,6 +95,8 @@ class Failed:
 
 class MemoryPublisher:
     """Acknowledges every page except the `fail_page`-th one (1-based) it is handed."""
+
+    max_value_bytes = 1024 * 1024 - 1000
 
     def __init__(self, fail_page: int | None = None):
         self.fail_page = fail_page
@@ -242,3 +251,80 @@ def test_position_orders_like_postgres_uuids_and_needs_a_time_zone():
     assert Position(T0, AFTER_ALL_KEYS) > Position(T0, str(uuid.uuid4()))
     with pytest.raises(ValueError, match="time zone"):
         Position(dt.datetime(2025, 1, 1), AFTER_ALL_KEYS)
+
+
+NOW = T0 + dt.timedelta(days=1)
+
+
+def test_a_run_reads_only_versions_up_to_the_sources_clock_minus_the_safety_margin():
+    rows = [lead(NOW - dt.timedelta(seconds=s)) for s in (10, 3, 1)]
+    source, state, publisher = MemorySource(rows, now=NOW), MemoryState(), MemoryPublisher()
+
+    extract_entity(LEAD, source, state, publisher, RunOptions(safety_margin=dt.timedelta(seconds=2)))
+    source.now = NOW + dt.timedelta(seconds=2)
+    extract_entity(LEAD, source, state, publisher, RunOptions(safety_margin=dt.timedelta(seconds=2),
+                                                              lookback=dt.timedelta(0)))
+
+    published = [m["id"] for m in publisher.values]
+    assert published == [r["id"] for r in rows], "the newest waited for the next run, then each once"
+    assert state.cursors["lead"] == Position(rows[-1]["updated_at"], rows[-1]["id"])
+
+
+def test_a_row_dated_beyond_the_allowed_skew_is_a_dead_letter_that_neither_moves_nor_blocks_the_cursor():
+    past = [lead(NOW - dt.timedelta(minutes=m)) for m in (3, 2)]
+    within_skew = lead(NOW + dt.timedelta(seconds=30))
+    future = lead(dt.datetime(2099, 1, 1, tzinfo=dt.timezone.utc))
+    source, state, publisher = MemorySource(past + [within_skew, future], now=NOW), MemoryState(), MemoryPublisher()
+    options = RunOptions(page_size=1, allowed_skew=dt.timedelta(minutes=1), lookback=dt.timedelta(0))
+
+    result = extract_entity(LEAD, source, state, publisher, options)
+
+    assert [m["id"] for m in publisher.values] == [r["id"] for r in past]
+    [letter] = state.dead_letters
+    assert letter.reason.startswith("version_in_future") and result.records.dead_letters == 1
+    assert json.loads(letter.raw_payload) == {"id": future["id"], "updated_at": "2099-01-01T00:00:00+00:00"}
+    assert state.cursors["lead"] == Position(past[-1]["updated_at"], past[-1]["id"])
+    later = lead(NOW + dt.timedelta(seconds=5))
+    source.rows.insert(2, later)
+    source.now = NOW + dt.timedelta(minutes=1)
+
+    extract_entity(LEAD, source, state, publisher, options)
+
+    assert [m["id"] for m in publisher.values][2:] == [later["id"], within_skew["id"]]
+    assert state.cursors["lead"] == Position(within_skew["updated_at"], within_skew["id"])
+    assert len(state.dead_letters) == 2, "re-checked on every run (the warehouse keeps one per payload)"
+
+
+def test_the_cursor_stops_before_the_oldest_open_write_transaction_but_the_rows_after_it_are_published():
+    rows = [lead(NOW - dt.timedelta(seconds=s)) for s in (50, 40, 30, 20, 10)]
+    opened = NOW - dt.timedelta(seconds=35)
+    source, state, publisher = MemorySource(rows, now=NOW, oldest_open_write=opened), MemoryState(), MemoryPublisher()
+
+    result = extract_entity(LEAD, source, state, publisher, RunOptions(page_size=2))
+
+    assert len(publisher.values) == 5 and result.records.cursor_held
+    assert state.cursors["lead"] == Position.at_or_after(opened)
+    assert start_position(state.cursors["lead"], RunOptions(lookback=dt.timedelta(0))) < Position(opened, str(
+        uuid.UUID(int=0))), "the next run re-reads every version the open transaction may still commit"
+
+
+def test_a_message_above_the_payload_limit_is_a_dead_letter_and_the_cursor_passes_it():
+    small, after = lead(T0), lead(T0 + dt.timedelta(seconds=2))
+    big = lead(T0 + dt.timedelta(seconds=1), nome="x" * 5000)
+    source, state, publisher = MemorySource([small, big, after]), MemoryState(), MemoryPublisher()
+
+    result = extract_entity(LEAD, source, state, publisher, RunOptions(page_size=2, max_payload_bytes=4096))
+
+    assert [m["id"] for m in publisher.values] == [small["id"], after["id"]] and result.records.dead_letters == 1
+    [letter] = state.dead_letters
+    payload = json.loads(letter.raw_payload)
+    assert letter.reason.startswith("payload_too_large") and payload["id"] == big["id"]
+    assert 5000 < payload["bytes"] < 5500 and payload["updated_at"] == big["updated_at"].isoformat()
+    assert state.cursors["lead"] == Position(after["updated_at"], after["id"])
+
+
+@pytest.mark.parametrize("name, value", [("safety_margin", dt.timedelta(seconds=-1)),
+                                         ("allowed_skew", dt.timedelta(seconds=-1)), ("max_payload_bytes", 0)])
+def test_run_options_refuse_negative_bounds(name, value):
+    with pytest.raises(ValueError, match=name):
+        RunOptions(**{name: value})

@@ -151,6 +151,24 @@ def test_config_from_settings_and_its_validation():
         ExtractConfig.load({"PIPELINE_EXTRACT_PAGE_SIZE": "many"})
 
 
+def test_extraction_bounds_from_settings_reach_the_run_and_the_rest_source():
+    config = ExtractConfig.load({"PIPELINE_EXTRACT_SAFETY_MARGIN_SECONDS": "4",
+                                 "PIPELINE_EXTRACT_ALLOWED_SKEW_SECONDS": "120",
+                                 "PIPELINE_EXTRACT_REST_CLOCK_MARGIN_SECONDS": "45",
+                                 "PIPELINE_EXTRACT_MAX_PAYLOAD_BYTES": "100000"})
+    options = config.run_options()
+    assert (options.safety_margin, options.allowed_skew, options.max_payload_bytes) == (
+        dt.timedelta(seconds=4), dt.timedelta(seconds=120), 100_000)
+    assert config.rest_clock_margin == dt.timedelta(seconds=45)
+    assert ExtractConfig().max_payload_bytes == 256 * 1024
+    for name, value in [("PIPELINE_EXTRACT_SAFETY_MARGIN_SECONDS", "-1"),
+                        ("PIPELINE_EXTRACT_ALLOWED_SKEW_SECONDS", "-5"),
+                        ("PIPELINE_EXTRACT_REST_CLOCK_MARGIN_SECONDS", "-1"),
+                        ("PIPELINE_EXTRACT_MAX_PAYLOAD_BYTES", "0"), ("PIPELINE_EXTRACT_MAX_PAYLOAD_BYTES", "lots")]:
+        with pytest.raises(SettingsError, match=name):
+            ExtractConfig.load({name: value})
+
+
 def test_schedule_and_asset_come_from_the_environment():
     assert schedule_from_environ({}) == "*/10 * * * *"
     assert schedule_from_environ({"PIPELINE_EXTRACT_SCHEDULE": "@hourly"}) == "@hourly"

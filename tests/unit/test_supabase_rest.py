@@ -76,6 +76,8 @@ def test_pages_follow_the_last_row_until_a_short_page(source):
     sent = []
 
     class Publisher:
+        max_value_bytes = 1024 * 1024
+
         def send(self, messages):
             sent.extend(json.loads(value) for _, value in messages)
             return self
@@ -97,19 +99,31 @@ def test_pages_follow_the_last_row_until_a_short_page(source):
         def commit_page(self, name, position, dead_letters):
             self.cursors[name] = position
 
+    # First the look for rows dated beyond the clock (none), then the pages.
+    answers = [httpx.Response(200, json=[])] + [httpx.Response(200, json=page) for page in pages]
+    before = dt.datetime.now(dt.timezone.utc)
     with respx.mock() as mock:
-        leads = mock.get(LEADS).mock(side_effect=[httpx.Response(200, json=page) for page in pages])
+        leads = mock.get(LEADS).mock(side_effect=answers)
         mock.get(DELETED).mock(return_value=httpx.Response(200, json=[]))
-        result = extract_entity(LEAD, source, State(), Publisher(), RunOptions(page_size=3, lookback=dt.timedelta(0)))
+        options = RunOptions(page_size=3, lookback=dt.timedelta(0))
+        result = extract_entity(LEAD, source, State(), Publisher(), options)
+    after = dt.datetime.now(dt.timezone.utc)
 
     assert result.records.pages == 3 and [m["id"] for m in sent] == [r["id"] for page in pages for r in page]
-    filters = [call.request.url.params.get("or") for call in leads.calls]
+    future, *page_calls = [call.request.url.params for call in leads.calls]
+    # The REST source's clock is this machine's held back by its margin: rows beyond it plus the skew are looked
+    # for, rows up to it minus the safety margin are read.
+    clock = dt.datetime.fromisoformat(future["or"].split(",")[0].removeprefix("(updated_at.gt.").strip('"')
+                                      ) - options.allowed_skew
+    assert before - source.clock_margin <= clock <= after - source.clock_margin
+    assert {params["updated_at"] for params in page_calls} == {f"lte.{(clock - options.safety_margin).isoformat()}"}
+    filters = [params.get("or") for params in page_calls]
     assert filters[0] is None
     for previous, request_filter in zip(pages, filters[1:]):
         last = previous[-1]
         assert f'id.gt."{last["id"]}"' in request_filter
         assert f'updated_at.eq."{last["updated_at"]}"' in request_filter
-    assert all(call.request.url.params["limit"] == "3" for call in leads.calls)
+    assert all(params["limit"] == "3" for params in page_calls)
 
 
 def test_deletions_are_read_from_deleted_records_for_the_entity(source):
