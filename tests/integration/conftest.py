@@ -31,7 +31,6 @@ def restricted_source_db(settings, source_schema):
     """A connection to the stand-in database as a role of the test's own that may read `source_schema` and
     nothing more: like a hosted Supabase role without pg_read_all_stats, it sees other roles' sessions in
     pg_stat_activity without their transaction start. The role is dropped afterwards."""
-    import dataclasses
     import uuid
 
     from include.extract.service import connect_postgres
@@ -44,7 +43,7 @@ def restricted_source_db(settings, source_schema):
         admin.execute(f"GRANT USAGE ON SCHEMA {quote_ident(source_schema)} TO {quote_ident(role)}")
         admin.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {quote_ident(source_schema)} TO {quote_ident(role)}")
         try:
-            with connect_postgres(dataclasses.replace(settings, pg_user=role, pg_password=password),
+            with connect_postgres(settings.model_copy(update={"pg_user": role, "pg_password": password}),
                                   settings.pg_source_db) as connection:
                 yield connection
         finally:
