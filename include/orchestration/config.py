@@ -7,6 +7,7 @@
 | PIPELINE_STREAM_TRIGGER_SECONDS             | 10                     | processing-time trigger of the long-running job |
 | PIPELINE_STREAM_PG_SCHEMA                   | (public)               | warehouse schema the job writes and the checks read |
 | PIPELINE_STREAM_ES_INDEX_PREFIX             | (none)                 | prefix of the job's index names (`<prefix>_<index>`) |
+| PIPELINE_STREAM_MAX_VERSION_SKEW_SECONDS    | 300                    | versions further ahead of the job's clock are dead letters |
 | PIPELINE_DQ_SOURCE_SCHEMA                   | (search_path)          | schema of the Supabase tables the checks count |
 | PIPELINE_STREAM_STOP_GRACE_SECONDS          | 30                     | SIGTERM to SIGKILL when stopping a driver     |
 | PIPELINE_SUPERVISOR_MAX_FAILURES            | 3                      | within the window: crashes before the supervisor gives up; failures (crashes and forced restarts) before a watchdog run fails |
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, TypeVar
 
+from include.contract import DEFAULT_MAX_VERSION_SKEW_SECONDS
 from include.orchestration.health import HealthPolicy
 from include.orchestration.releases import validate_version
 from include.orchestration.supervision import QueryFiles
@@ -82,6 +84,7 @@ class StreamOpsConfig:
     trigger_seconds: int
     pg_schema: str | None
     es_index_prefix: str
+    max_version_skew_seconds: int
     source_schema: str | None
     stop_grace_seconds: float
     max_failures: int
@@ -105,6 +108,8 @@ class StreamOpsConfig:
             trigger_seconds=read_setting(values, "PIPELINE_STREAM_TRIGGER_SECONDS", 10, minimum=1),
             pg_schema=read_setting(values, "PIPELINE_STREAM_PG_SCHEMA", "") or None,
             es_index_prefix=read_setting(values, "PIPELINE_STREAM_ES_INDEX_PREFIX", ""),
+            max_version_skew_seconds=read_setting(values, "PIPELINE_STREAM_MAX_VERSION_SKEW_SECONDS",
+                                                  DEFAULT_MAX_VERSION_SKEW_SECONDS),
             source_schema=read_setting(values, "PIPELINE_DQ_SOURCE_SCHEMA", "") or None,
             stop_grace_seconds=read_setting(values, "PIPELINE_STREAM_STOP_GRACE_SECONDS", 30.0),
             max_failures=read_setting(values, "PIPELINE_SUPERVISOR_MAX_FAILURES", 3, minimum=1),
@@ -164,4 +169,5 @@ def job_arguments(config: StreamOpsConfig, available_now: bool) -> list[str]:
         arguments += ["--pg-schema", config.pg_schema]
     if config.es_index_prefix:
         arguments += ["--es-index-prefix", config.es_index_prefix]
+    arguments += ["--max-version-skew-seconds", str(config.max_version_skew_seconds)]
     return arguments

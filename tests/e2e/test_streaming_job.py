@@ -33,7 +33,7 @@ from spark.sinks.postgres import connect
 from spark.streaming_job import parse_args, run
 from tests.stream_support import T0, as_bytes, chat_message, evento_message, lead_message, poison_catalog, produce
 
-MAX_BYTES = 16 * 1024
+MAX_BYTES = 64 * 1024
 MINUTE = dt.timedelta(minutes=1)
 BUILDERS = {LEAD: lead_message, CHAT_SESSION: chat_message, EVENTO: evento_message}
 

@@ -17,7 +17,7 @@ from spark import validation as V
 from tests.stream_support import (KAFKA_SCHEMA, T0, UTC, as_bytes, chat_message, evento_message, kafka_frame,
                                   lead_message, poison_catalog, with_members)
 
-MAX_BYTES = 4096
+MAX_BYTES = 64 * 1024
 
 
 def check(value) -> V.Validated:
