@@ -85,15 +85,16 @@ def kafka_frame(spark, values: Iterable, partition: int = 0, start_offset: int =
     return spark.createDataFrame(rows, KAFKA_SCHEMA)
 
 
-def produce(settings, topic: str, values: Iterable) -> list[tuple[int, int]]:
-    """Send every value (keyed per the contract) and wait for the broker; returns (partition, offset) of each."""
+def produce(settings, topic: str, values: Iterable, key: bytes | None = None) -> list[tuple[int, int]]:
+    """Send every value (keyed per the contract, or all with `key`: one partition, in order) and wait for the broker;
+    returns (partition, offset) of each."""
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=20,
                              batch_size=256 * 1024, max_request_size=4 * 1024 * 1024)
     try:
         # A message without an entity id still needs a key: Kafka refuses a record with neither key nor value.
-        futures = [producer.send(topic, key=key_of(value) or uuid.uuid4().hex.encode(), value=as_bytes(value))
+        futures = [producer.send(topic, key=key or key_of(value) or uuid.uuid4().hex.encode(), value=as_bytes(value))
                    for value in values]
         producer.flush(timeout=120)
         return [(metadata.partition, metadata.offset) for metadata in (f.get(timeout=60) for f in futures)]
