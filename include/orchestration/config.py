@@ -169,5 +169,7 @@ def job_arguments(config: StreamOpsConfig, available_now: bool) -> list[str]:
         arguments += ["--pg-schema", config.pg_schema]
     if config.es_index_prefix:
         arguments += ["--es-index-prefix", config.es_index_prefix]
-    arguments += ["--max-version-skew-seconds", str(config.max_version_skew_seconds)]
+    # Only when it differs from the job's default: a rollback to a release older than the option still starts.
+    if config.max_version_skew_seconds != DEFAULT_MAX_VERSION_SKEW_SECONDS:
+        arguments += ["--max-version-skew-seconds", str(config.max_version_skew_seconds)]
     return arguments

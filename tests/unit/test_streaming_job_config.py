@@ -57,6 +57,7 @@ def test_bad_settings_stop_at_start_up_naming_the_setting(capsys, arguments, nam
 
 
 def test_the_supervised_job_gets_the_version_skew_setting(tmp_path):
+    from include.contract import DEFAULT_MAX_VERSION_SKEW_SECONDS
     from include.orchestration.config import StreamOpsConfig, job_arguments
     from include.settings import SettingsError
 
@@ -64,5 +65,9 @@ def test_the_supervised_job_gets_the_version_skew_setting(tmp_path):
                "PIPELINE_STREAM_MAX_VERSION_SKEW_SECONDS": "42"}
     arguments = job_arguments(StreamOpsConfig.load(environ), available_now=True)
     assert parse_args(arguments).max_version_skew_seconds == 42
+    # The default is the job's own: not passed, so releases built before the option still accept the command line.
+    default = job_arguments(StreamOpsConfig.load({**environ, "PIPELINE_STREAM_MAX_VERSION_SKEW_SECONDS": ""}), True)
+    assert "--max-version-skew-seconds" not in default
+    assert parse_args(default).max_version_skew_seconds == DEFAULT_MAX_VERSION_SKEW_SECONDS
     with pytest.raises(SettingsError, match="PIPELINE_STREAM_MAX_VERSION_SKEW_SECONDS"):
         StreamOpsConfig.load({**environ, "PIPELINE_STREAM_MAX_VERSION_SKEW_SECONDS": "-5"})
