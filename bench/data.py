@@ -141,8 +141,9 @@ class EventGenerator:
         """A newer version of a recent lead or session: its last version with a later timestamp and new counts."""
         entity, previous = self.updatable[index]
         row = json.loads(previous)
-        newer = dt.datetime.fromisoformat(row[entity.version_column]) + dt.timedelta(
-            seconds=self.rng.uniform(1, 86400))
+        last = dt.datetime.fromisoformat(row[entity.version_column])
+        # Up to a day later, but never past the generator's clock: the job refuses versions from the future.
+        newer = last + dt.timedelta(seconds=min(self.rng.uniform(1, 86400), (self.now - last).total_seconds() / 2))
         row[entity.version_column] = newer
         if entity is LEAD:
             row["score_qualificacao"] = min(100, (row["score_qualificacao"] or 0) + self.rng.randint(1, 20))

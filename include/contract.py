@@ -24,6 +24,12 @@ TIPO_EVENTO = "tipo_evento"
 PROCESSADO_EM = "processado_em"
 DELETED = "deleted"
 ENVELOPE_FIELDS = (TIPO_EVENTO, PROCESSADO_EM, DELETED)
+# How far a version (the entity's version column) may be ahead of the consumer's clock. A version in the future
+# would make every real update of its record stale until then; producers' and consumers' clocks differ by seconds.
+DEFAULT_MAX_VERSION_SKEW_SECONDS = 300
+# Dead-letter reason of a message the validator raised on: a bug in the validator, never a bad message, so the
+# status report and the data-quality check count it apart.
+VALIDATOR_ERROR = "validator_error"
 
 
 class UnserialisableValue(TypeError):

@@ -9,18 +9,59 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Logical type -> (PostgreSQL type, Spark SQL type, Elasticsearch mapping).
-TYPES: dict[str, tuple[str, str, dict]] = {
-    "uuid": ("uuid", "string", {"type": "keyword"}),
-    "text": ("text", "string", {"type": "text", "fields": {"raw": {"type": "keyword", "ignore_above": 256}}}),
-    "keyword": ("text", "string", {"type": "keyword"}),
-    "text[]": ("text[]", "array<string>", {"type": "keyword"}),
+# Elasticsearch refuses a keyword term over 32,766 bytes of UTF-8 (Lucene's limit) and the keyword mappings have no
+# ignore_above, so a longer value would fail the whole bulk. Half of it: room for a normalizer that lengthens text
+# (lower-casing grows some characters' UTF-8 by half), and still far above any real value (an email is <= 254).
+KEYWORD_MAX_BYTES = 16 * 1024
+# No sink limits an array's length; this bounds one field's share of a document (pages of one chat session).
+TEXT_ARRAY_MAX_ITEMS = 10_000
+# Numbers inside jsonb: Elasticsearch's JSON parser refuses a number over 1,000 characters even in a disabled object,
+# and Postgres expands an exponent into digits (1e100000 becomes 100 KB of jsonb). Kept to a double's exponent
+# range, so any reader can take them as numbers, and to 100 significant digits.
+JSON_NUMBER_MAX_DIGITS = 100
+JSON_NUMBER_MAX_EXPONENT = 308
+# numeric columns as Spark reads them, decimal(38,9): their largest value (< 1e29) is far inside a double's range, so
+# Elasticsearch's `double` holds every value Postgres and Spark do (to a double's precision).
+NUMERIC_PRECISION, NUMERIC_SCALE = 38, 9
+
+
+@dataclass(frozen=True)
+class FieldType:
+    """One logical type's rules in one row: how Postgres stores it, how Spark reads it, how Elasticsearch maps it, and
+    the limits a value keeps so that both sinks accept it (spark/validation.py checks them)."""
+
+    pg_type: str
+    spark_type: str
+    es_mapping: dict
+    max_bytes: int | None = None  # UTF-8 bytes of a string, or of each item of an array
+    max_items: int | None = None  # items of an array
+    value_range: range | None = None  # integers
+    precision: int | None = None  # numeric: decimal(precision, scale)
+    scale: int | None = None
+    max_number_digits: int | None = None  # jsonb: significant digits of each number in it
+    max_number_exponent: int | None = None  # jsonb: |decimal exponent| of each number in it
+
+
+TYPES: dict[str, FieldType] = {
+    # 36 characters by its format.
+    "uuid": FieldType("uuid", "string", {"type": "keyword"}),
+    # Any length: analysed text has no term limit and `.raw` skips values over 256 characters.
+    "text": FieldType("text", "string",
+                      {"type": "text", "fields": {"raw": {"type": "keyword", "ignore_above": 256}}}),
+    "keyword": FieldType("text", "string", {"type": "keyword"}, max_bytes=KEYWORD_MAX_BYTES),
+    # Each item is one keyword term.
+    "text[]": FieldType("text[]", "array<string>", {"type": "keyword"}, max_bytes=KEYWORD_MAX_BYTES,
+                        max_items=TEXT_ARRAY_MAX_ITEMS),
     # Kept whole in _source, not indexed: its shape varies by client and must not break the mapping.
-    "jsonb": ("jsonb", "string", {"type": "object", "enabled": False}),
-    "integer": ("integer", "int", {"type": "integer"}),
-    "numeric": ("numeric", "decimal(38,9)", {"type": "double"}),
-    "boolean": ("boolean", "boolean", {"type": "boolean"}),
-    "timestamptz": ("timestamptz", "timestamp", {"type": "date"}),
+    "jsonb": FieldType("jsonb", "string", {"type": "object", "enabled": False},
+                       max_number_digits=JSON_NUMBER_MAX_DIGITS, max_number_exponent=JSON_NUMBER_MAX_EXPONENT),
+    # 32 bits in both sinks.
+    "integer": FieldType("integer", "int", {"type": "integer"}, value_range=range(-2**31, 2**31)),
+    "numeric": FieldType("numeric", f"decimal({NUMERIC_PRECISION},{NUMERIC_SCALE})", {"type": "double"},
+                         precision=NUMERIC_PRECISION, scale=NUMERIC_SCALE),
+    "boolean": FieldType("boolean", "boolean", {"type": "boolean"}),
+    # Years 1 to 9999 in UTC (Python's range), inside Postgres's and Elasticsearch's.
+    "timestamptz": FieldType("timestamptz", "timestamp", {"type": "date"}),
 }
 
 
@@ -29,22 +70,25 @@ class Field:
     name: str
     type: str
     required: bool = False
+    # Its type's row, looked up once (the validator reads it for every field of every message).
+    rules: FieldType = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.type not in TYPES:
             raise ValueError(f"field {self.name}: unknown logical type {self.type!r}")
+        object.__setattr__(self, "rules", TYPES[self.type])
 
     @property
     def pg_type(self) -> str:
-        return TYPES[self.type][0]
+        return self.rules.pg_type
 
     @property
     def spark_type(self) -> str:
-        return TYPES[self.type][1]
+        return self.rules.spark_type
 
     @property
     def es_mapping(self) -> dict:
-        return TYPES[self.type][2]
+        return self.rules.es_mapping
 
 
 @dataclass(frozen=True)
@@ -96,7 +140,7 @@ class Entity:
             "string": T.StringType(),
             "array<string>": T.ArrayType(T.StringType()),
             "int": T.IntegerType(),
-            "decimal(38,9)": T.DecimalType(38, 9),
+            TYPES["numeric"].spark_type: T.DecimalType(NUMERIC_PRECISION, NUMERIC_SCALE),
             "boolean": T.BooleanType(),
             "timestamp": T.TimestampType(),
         }

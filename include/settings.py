@@ -21,7 +21,7 @@ from urllib.parse import quote
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from include.contract import MAX_PAYLOAD_BYTES
+from include.contract import DEFAULT_MAX_VERSION_SKEW_SECONDS, MAX_PAYLOAD_BYTES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GENERATED_ENV_NAME = "generated.env"
@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     stream_trigger_seconds: Positive = 10
     stream_pg_schema: str = ""
     stream_es_index_prefix: str = ""
+    stream_max_version_skew_seconds: NonNegative = DEFAULT_MAX_VERSION_SKEW_SECONDS
     stream_stop_grace_seconds: Seconds = 30.0
     supervisor_max_failures: Positive = 3
     supervisor_failure_window_minutes: Annotated[float, Field(ge=1)] = 30.0

@@ -1,5 +1,6 @@
 """The pipeline's status in one call: streaming job health, Kafka lag, rows per table against documents per index
-against source rows, dead letters, and the data-quality verdict. Used by the MCP server and the demo report.
+against source rows, dead letters (per entity and per reason class, validator errors apart: each is a bug), and
+the data-quality verdict. Used by the MCP server and the demo report.
 
 It reads the same observations and the same pure verdict functions as the watchdog and the DQ sensor, through
 connections built from the settings rather than Airflow connections, so it runs anywhere the stack runs.
@@ -42,6 +43,8 @@ def pipeline_status() -> dict:
         "heartbeat_age_seconds": counts.heartbeat_age_seconds,
         "kafka_lag": counts.kafka_lag,
         "dead_letters": sum(row.dead_letters for row in counts.entities) + counts.unattributed_dead_letters,
+        "dead_letters_by_reason": dict(counts.dead_letters_by_reason),
+        "validator_errors": counts.validator_errors,
         "dq_passed": report.passed,
         "dq_reasons": list(report.reasons),
         "counts": [

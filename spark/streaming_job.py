@@ -27,6 +27,7 @@ if __package__ in (None, ""):
     # Run as a script (spark-submit spark/streaming_job.py): import the repo's packages, not spark/'s modules.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+from include.contract import DEFAULT_MAX_VERSION_SKEW_SECONDS  # noqa: E402
 from include.entities import ENTITIES  # noqa: E402
 from include.settings import Settings, SettingsError, load_settings  # noqa: E402
 
@@ -55,6 +56,7 @@ class JobConfig:
     pg_schema: str | None = None
     es_index_prefix: str = ""
     max_payload_bytes: int = 256 * 1024
+    max_version_skew_seconds: int = DEFAULT_MAX_VERSION_SKEW_SECONDS
     # Metadata of this many batches stays in the checkpoint: enough to rewind by hand after an incident, bounded
     # so the folder does not grow without limit. The query keeps no state, so recovery needs only the last one.
     min_batches_to_retain: int = 100
@@ -84,6 +86,8 @@ class JobConfig:
         for name in ("max_offsets_per_trigger", "max_payload_bytes", "min_batches_to_retain"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.max_version_skew_seconds < 0:
+            raise ConfigError(f"--max-version-skew-seconds must not be negative, got {self.max_version_skew_seconds}")
         if self.starting_offsets not in ("earliest", "latest"):
             try:
                 json.loads(self.starting_offsets)
@@ -120,6 +124,9 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
                         help="prefix of the Elasticsearch index names (<prefix>_<index>)")
     parser.add_argument("--max-payload-bytes", type=int, default=defaults.max_payload_bytes,
                         help="larger messages go to the dead-letter table (default: %(default)s)")
+    parser.add_argument("--max-version-skew-seconds", type=int, default=defaults.max_version_skew_seconds,
+                        help="messages whose version is further ahead of the executor's clock go to the dead-letter "
+                             "table (default: %(default)s)")
     parser.add_argument("--min-batches-to-retain", type=int, default=defaults.min_batches_to_retain,
                         help="spark.sql.streaming.minBatchesToRetain (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -139,7 +146,8 @@ def build_query(spark, config: JobConfig, settings: Settings):
 
     elastic = ElasticsearchSink(settings.es_url, index_prefix=config.es_index_prefix)
     elastic.ensure_indices(ENTITIES)
-    sink = MicroBatchSink(PostgresSink(settings, config.pg_schema), elastic, documents_of(config.max_payload_bytes))
+    documents = documents_of(config.max_payload_bytes, max_version_skew_seconds=config.max_version_skew_seconds)
+    sink = MicroBatchSink(PostgresSink(settings, config.pg_schema), elastic, documents)
     spark.conf.set("spark.sql.streaming.minBatchesToRetain", str(config.min_batches_to_retain))
     source = (
         spark.readStream.format("kafka")

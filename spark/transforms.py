@@ -1,11 +1,15 @@
 """The streaming job's transform: Kafka rows in, one document per row out, valid or rejected.
 
-    documents = batch.transform(to_documents(max_payload_bytes))
+    documents = batch.transform(to_documents(max_payload_bytes, max_version_skew_seconds=300))
 
 Each value is validated by spark/validation.py on the executors (mapInArrow: Arrow batches to the Python
 workers, no per-row JVM call) and rendered once, as the JSON document both sinks load. The output keeps the Kafka
 position of every row, so the sink picks the newest row per id (spark/sinks/postgres.py) and dead letters carry
 their source offset. Nothing here touches a service: tests run it on tiny literal DataFrames.
+
+Whatever a message makes the validator or the rendering raise, that message alone becomes a dead letter
+(`validator_error: <ExceptionType>`, logged once per batch) and its batch goes on: no message can fail a batch,
+so none can stop the stream.
 
 The job's sink applies the same per-batch function (`documents_of`) inside its own Python pass, which then COPYs
 the documents: one pass per row instead of two (a pass costs about 0.14 s per task, whatever its size, and a
@@ -25,11 +29,16 @@ Output columns (DOCUMENT_SCHEMA):
 from __future__ import annotations
 
 import functools
+import logging
+from collections import Counter
 from typing import Callable, Iterator
 
 from pyspark.sql import DataFrame
 
-from spark.validation import render, validate
+from include.contract import DEFAULT_MAX_VERSION_SKEW_SECONDS
+from spark.validation import VALIDATOR_ERROR, latest_version, render, validate
+
+log = logging.getLogger(__name__)
 
 KAFKA_META = ("topic", "partition", "offset", "timestamp")
 KAFKA_COLUMNS = ("value", *KAFKA_META)
@@ -45,33 +54,49 @@ def raw_payload(value: bytes | None) -> str | None:
     return None if value is None else value.decode("utf-8", "replace").replace("\x00", "\ufffd")
 
 
-def document_batch(batch, max_payload_bytes: int):
+def _document(value: bytes | None, max_payload_bytes: int, newest_version) -> tuple:
+    """(kind, id, version, deleted, rendered document or None for a reject, reason, entity) of one value."""
+    verdict = validate(value, max_payload_bytes, newest_version=newest_version)
+    if verdict.reason is not None:
+        return DEAD_LETTER, None, None, False, None, verdict.reason, verdict.entity
+    return verdict.entity.name, verdict.key, verdict.version, verdict.deleted, render(verdict.row), None, verdict.entity
+
+
+def document_batch(batch, max_payload_bytes: int, max_version_skew_seconds: float = DEFAULT_MAX_VERSION_SKEW_SECONDS):
     """One Arrow batch of Kafka rows (value + KAFKA_META) -> its batch of documents (DOCUMENT_SCHEMA)."""
     import pyarrow as pa
 
+    newest_version = latest_version(max_version_skew_seconds)  # one clock reading per batch
     kinds, ids, versions, deleted, documents, reasons = [], [], [], [], [], []
+    errors: Counter = Counter()
+    first_error = None
     for number, value in enumerate(batch.column("value").to_pylist()):
-        verdict = validate(value, max_payload_bytes)
-        if verdict.reason is None:
-            kinds.append(verdict.entity.name)
-            ids.append(verdict.key)
-            versions.append(verdict.version)
-            deleted.append(verdict.deleted)
-            documents.append(render(verdict.row))
-        else:
-            kinds.append(DEAD_LETTER)
-            ids.append(None)
-            versions.append(None)
-            deleted.append(False)
-            documents.append(render({
-                "entity": verdict.entity.name if verdict.entity else None,
-                "reason": verdict.reason,
+        try:
+            kind, record_id, version, is_deleted, document, reason, entity = _document(
+                value, max_payload_bytes, newest_version)
+        except Exception as error:  # a bug met by this message: it, and only it, becomes a dead letter
+            kind, record_id, version, is_deleted, document, entity = DEAD_LETTER, None, None, False, None, None
+            reason = f"{VALIDATOR_ERROR}: {type(error).__name__}"
+            errors[type(error).__name__] += 1
+            first_error = first_error or error
+        if document is None:
+            document = render({
+                "entity": entity.name if entity else None,
+                "reason": reason,
                 "raw_payload": raw_payload(value),
                 "topic": batch.column("topic")[number].as_py(),
                 "kafka_partition": batch.column("partition")[number].as_py(),
                 "kafka_offset": batch.column("offset")[number].as_py(),
-            }))
-        reasons.append(verdict.reason)
+            })
+        kinds.append(kind)
+        ids.append(record_id)
+        versions.append(version)
+        deleted.append(is_deleted)
+        documents.append(document)
+        reasons.append(reason)
+    if errors:
+        log.error("validator errors, each message a dead letter (%s): %s", VALIDATOR_ERROR, dict(errors),
+                  exc_info=first_error)
     timestamp_type = batch.schema.field("timestamp").type  # the session time zone's, as Spark sent it
     return pa.RecordBatch.from_arrays(
         [pa.array(kinds, pa.string()), pa.array(ids, pa.string()), pa.array(versions, timestamp_type),
@@ -81,16 +106,21 @@ def document_batch(batch, max_payload_bytes: int):
     )
 
 
-def documents_of(max_payload_bytes: int) -> Callable:
-    """document_batch with the payload limit bound: Arrow batch of KAFKA_COLUMNS -> batch of DOCUMENT_SCHEMA."""
+def documents_of(max_payload_bytes: int, *,
+                 max_version_skew_seconds: float = DEFAULT_MAX_VERSION_SKEW_SECONDS) -> Callable:
+    """document_batch with its limits bound: Arrow batch of KAFKA_COLUMNS -> batch of DOCUMENT_SCHEMA."""
     if max_payload_bytes <= 0:
         raise ValueError(f"max_payload_bytes must be positive, got {max_payload_bytes}")
-    return functools.partial(document_batch, max_payload_bytes=max_payload_bytes)
+    if max_version_skew_seconds < 0:
+        raise ValueError(f"max_version_skew_seconds must not be negative, got {max_version_skew_seconds}")
+    return functools.partial(document_batch, max_payload_bytes=max_payload_bytes,
+                             max_version_skew_seconds=max_version_skew_seconds)
 
 
-def to_documents(max_payload_bytes: int) -> Callable[[DataFrame], DataFrame]:
+def to_documents(max_payload_bytes: int, *,
+                 max_version_skew_seconds: float = DEFAULT_MAX_VERSION_SKEW_SECONDS) -> Callable[[DataFrame], DataFrame]:
     """Validate and render every row of a Kafka-shaped DataFrame (batch or streaming)."""
-    documents = documents_of(max_payload_bytes)
+    documents = documents_of(max_payload_bytes, max_version_skew_seconds=max_version_skew_seconds)
 
     def each_batch(batches: Iterator) -> Iterator:
         for batch in batches:

@@ -85,15 +85,16 @@ def kafka_frame(spark, values: Iterable, partition: int = 0, start_offset: int =
     return spark.createDataFrame(rows, KAFKA_SCHEMA)
 
 
-def produce(settings, topic: str, values: Iterable) -> list[tuple[int, int]]:
-    """Send every value (keyed per the contract) and wait for the broker; returns (partition, offset) of each."""
+def produce(settings, topic: str, values: Iterable, key: bytes | None = None) -> list[tuple[int, int]]:
+    """Send every value (keyed per the contract, or all with `key`: one partition, in order) and wait for the broker;
+    returns (partition, offset) of each."""
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=20,
                              batch_size=256 * 1024, max_request_size=4 * 1024 * 1024)
     try:
         # A message without an entity id still needs a key: Kafka refuses a record with neither key nor value.
-        futures = [producer.send(topic, key=key_of(value) or uuid.uuid4().hex.encode(), value=as_bytes(value))
+        futures = [producer.send(topic, key=key or key_of(value) or uuid.uuid4().hex.encode(), value=as_bytes(value))
                    for value in values]
         producer.flush(timeout=120)
         return [(metadata.partition, metadata.offset) for metadata in (f.get(timeout=60) for f in futures)]
@@ -113,9 +114,15 @@ def with_members(message: dict, **changes) -> str:
 
 
 def poison_catalog(max_payload_bytes: int) -> list[tuple[str, object, str]]:
-    """(name, value, expected reject_reason): every reject kind of spark/validation.py, fresh ids each call."""
-    from spark.validation import (INVALID_JSON, MISSING_ID, MISSING_REQUIRED, PAYLOAD_TOO_LARGE, UNKNOWN_TIPO_EVENTO,
-                                  UNPARSEABLE_TIMESTAMP, UNSTORABLE_TEXT, VERSION_OUT_OF_RANGE, WRONG_TYPE)
+    """(name, value, expected reject_reason): every reject kind of spark/validation.py, fresh ids each call.
+    `max_payload_bytes` must leave room for the 40,000-byte fields (messages a sink refused before they were
+    checked)."""
+    from spark.validation import (INVALID_JSON, MISSING_ID, MISSING_REQUIRED, PAYLOAD_TOO_LARGE, TOO_DEEP, TOO_LARGE,
+                                  UNKNOWN_TIPO_EVENTO, UNPARSEABLE_TIMESTAMP, UNSTORABLE_TEXT, VERSION_OUT_OF_RANGE,
+                                  WRONG_TYPE)
+
+    if max_payload_bytes < 48 * 1024:
+        raise ValueError("the catalogue's largest valid-sized messages need max_payload_bytes >= 48 KiB")
 
     return [
         ("null value", None, INVALID_JSON),
@@ -158,4 +165,13 @@ def poison_catalog(max_payload_bytes: int) -> list[tuple[str, object, str]]:
         ("NUL in array", dict(lead_message(), interesse=["a\x00"]), f"{UNSTORABLE_TEXT}: interesse"),
         ("NUL in json", dict(lead_message(), localizacao={"c": "\x00"}), f"{UNSTORABLE_TEXT}: localizacao"),
         ("NUL in event", dict(evento_message(), extra="\x00"), f"{UNSTORABLE_TEXT}: payload"),
+        # 2 KB that made Python's json raise RecursionError: every replay of its batch failed the same way.
+        ("nested 1000 deep", with_members(lead_message(), localizacao="DEEP").replace('"DEEP"', "[" * 1000 + "]" * 1000),
+         TOO_DEEP),
+        # Elasticsearch refuses a keyword term over 32,766 bytes: the bulk failed with 400.
+        ("40 KB keyword", dict(lead_message(), email="x" * 40_000), f"{TOO_LARGE}: email"),
+        ("40 KB array item", dict(lead_message(), interesse=["imóveis", "x" * 40_000]), f"{TOO_LARGE}: interesse"),
+        # Would make every later real update of the record stale.
+        ("future version", dict(lead_message(), updated_at="9999-12-31T23:59:59Z"),
+         f"{VERSION_OUT_OF_RANGE}: updated_at"),
     ]

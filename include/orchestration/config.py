@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from include.contract import DEFAULT_MAX_VERSION_SKEW_SECONDS
 from include.orchestration.health import HealthPolicy
 from include.orchestration.releases import validate_version
 from include.orchestration.supervision import QueryFiles
@@ -34,6 +35,7 @@ class StreamOpsConfig:
     trigger_seconds: int
     pg_schema: str | None
     es_index_prefix: str
+    max_version_skew_seconds: int
     source_schema: str | None
     stop_grace_seconds: float
     max_failures: int
@@ -55,6 +57,7 @@ class StreamOpsConfig:
             trigger_seconds=s.stream_trigger_seconds,
             pg_schema=s.stream_pg_schema or None,
             es_index_prefix=s.stream_es_index_prefix,
+            max_version_skew_seconds=s.stream_max_version_skew_seconds,
             source_schema=s.dq_source_schema or None,
             stop_grace_seconds=s.stream_stop_grace_seconds,
             max_failures=s.supervisor_max_failures,
@@ -110,4 +113,7 @@ def job_arguments(config: StreamOpsConfig, available_now: bool) -> list[str]:
         arguments += ["--pg-schema", config.pg_schema]
     if config.es_index_prefix:
         arguments += ["--es-index-prefix", config.es_index_prefix]
+    # Only when it differs from the job's default: a rollback to a release older than the option still starts.
+    if config.max_version_skew_seconds != DEFAULT_MAX_VERSION_SKEW_SECONDS:
+        arguments += ["--max-version-skew-seconds", str(config.max_version_skew_seconds)]
     return arguments

@@ -7,6 +7,7 @@ statement timeout; each read ends its transaction so no session is left idle in 
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -118,8 +119,13 @@ def gather_quality_counts(
 ) -> QualityCounts:
     """Counts for the data-quality verdict. `source` is the Supabase connection (None skips source counts);
     schemas default to each connection's search_path; `index_prefix` is the job's index-name prefix."""
-    dead = dict(_fetch(warehouse, render_sql("quality_dead_letters.sql", schema=warehouse_schema),
-                       {"window_minutes": window_minutes}))
+    dead: Counter = Counter()
+    by_reason: Counter = Counter()
+    for entity_name, reason_class, count in _fetch(warehouse, render_sql("quality_dead_letters.sql",
+                                                                         schema=warehouse_schema),
+                                                   {"window_minutes": window_minutes}):
+        dead[entity_name] += int(count)
+        by_reason[reason_class] += int(count)
     rows = []
     for entity in entities:
         rows.append(EntityCounts(
@@ -133,6 +139,7 @@ def gather_quality_counts(
     return QualityCounts(
         entities=tuple(rows),
         unattributed_dead_letters=int(sum(dead.values())),
+        dead_letters_by_reason=dict(by_reason),
         heartbeat_age_seconds=heartbeat(warehouse, query_name, warehouse_schema).age_seconds,
         kafka_lag=query_lag(checkpoint, bootstrap, topic),
     )

@@ -10,9 +10,10 @@ old heartbeat fails the check only while messages are waiting; a query that neve
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Mapping
 
+from include.contract import VALIDATOR_ERROR
 from include.settings import SettingsError, load_settings, setting_name
 
 # Each threshold is the setting PIPELINE_DQ_<FIELD> (include/settings.py).
@@ -36,6 +37,13 @@ class QualityCounts:
     unattributed_dead_letters: int
     heartbeat_age_seconds: float | None
     kafka_lag: int | None
+    # reason class (the reason before ": <field>") -> dead letters of the window, every entity and none
+    dead_letters_by_reason: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def validator_errors(self) -> int:
+        """Messages the validator raised on: a bug, never a bad message, so counted apart from the others."""
+        return self.dead_letters_by_reason.get(VALIDATOR_ERROR, 0)
 
 
 @dataclass(frozen=True)
@@ -112,7 +120,8 @@ def _table(counts: QualityCounts, flagged: set[str]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     age = counts.heartbeat_age_seconds
     lines.append(f"heartbeat age: {'none recorded' if age is None else f'{age:.0f} s'}; "
-                 f"kafka lag: {'unknown' if counts.kafka_lag is None else counts.kafka_lag}")
+                 f"kafka lag: {'unknown' if counts.kafka_lag is None else counts.kafka_lag}; "
+                 f"validator errors: {counts.validator_errors}")
     return "\n".join(lines)
 
 
@@ -128,6 +137,9 @@ def evaluate_quality(counts: QualityCounts, thresholds: QualityThresholds) -> Qu
     if dead > thresholds.max_dead_letters:
         reasons.append(f"{dead} dead letters in the last {thresholds.window_minutes} min "
                        f"(more than {thresholds.max_dead_letters})")
+    if counts.validator_errors:
+        reasons.append(f"{counts.validator_errors} dead letters with reason {VALIDATOR_ERROR}: the validator raised "
+                       "on them (a bug to fix, then replay them from dead_letters)")
     age = counts.heartbeat_age_seconds
     if age is None:
         reasons.append("no heartbeat recorded for the streaming query")

@@ -69,6 +69,8 @@ def test_mcp_tools_against_the_local_stack(settings, seeded, kafka_topic):
     assert {row["entity"] for row in status["counts"]} == {"lead", "chat_session", "evento"}
     lead_counts = next(row for row in status["counts"] if row["entity"] == "lead")
     assert lead_counts["source_rows"] == 40 and lead_counts["postgres_rows"] == 0
+    # Validator errors are a count of their own, apart from the dead letters of bad messages.
+    assert status["validator_errors"] == status["dead_letters_by_reason"].get("validator_error", 0)
 
     consumer = KafkaConsumer(kafka_topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
                              enable_auto_commit=False, consumer_timeout_ms=20_000, group_id=None)

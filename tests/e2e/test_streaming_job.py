@@ -31,9 +31,10 @@ from include.settings import REPO_ROOT
 from spark.sinks.elastic import index_name
 from spark.sinks.postgres import connect
 from spark.streaming_job import parse_args, run
-from tests.stream_support import T0, as_bytes, chat_message, evento_message, lead_message, poison_catalog, produce
+from tests.stream_support import (T0, as_bytes, chat_message, evento_message, lead_message, poison_catalog, produce,
+                                  with_members)
 
-MAX_BYTES = 16 * 1024
+MAX_BYTES = 64 * 1024
 MINUTE = dt.timedelta(minutes=1)
 BUILDERS = {LEAD: lead_message, CHAT_SESSION: chat_message, EVENTO: evento_message}
 
@@ -242,6 +243,21 @@ def test_poison_messages_go_to_dead_letters_and_valid_ones_land(settings, es, db
     per_entity = {e.name: sum(1 for v in valid if v["tipo_evento"] == e.tipo_evento) for e in ENTITIES}
     assert pg_counts(db) == per_entity
     assert es_counts(es, target) == per_entity
+
+
+def test_a_message_nested_1000_deep_is_a_dead_letter_and_the_next_one_in_its_partition_lands(settings, es, db, target,
+                                                                                              run_job):
+    # 2 KB that made the validator raise RecursionError: the batch failed, and every replay of it.
+    lead = lead_message()
+    nested = with_members(lead_message(id=lead["id"]), localizacao="DEEP").replace('"DEEP"', "[" * 1000 + "]" * 1000)
+    positions = produce(settings, target.topic, [nested, lead], key=lead["id"].encode())
+    assert positions[1] == (positions[0][0], positions[0][1] + 1)
+    run_job()
+
+    assert db.execute("SELECT kafka_partition, kafka_offset, reason, raw_payload FROM dead_letters").fetchall() == [
+        (*positions[0], "too_deep", nested)]
+    assert db.execute("SELECT id::text FROM leads").fetchall() == [(lead["id"],)]
+    assert list(es_documents(es, target, LEAD)) == [lead["id"]]
 
 
 def test_update_then_tombstone_then_older_update_stays_deleted(settings, es, db, target, run_job):

@@ -51,7 +51,7 @@ def test_gathered_counts_and_verdict(settings, warehouse, pg_schema, source_sche
             cursor.execute("INSERT INTO chat_sessions (id) VALUES (%s)", (session_id,))
         cursor.execute("INSERT INTO dead_letters (stage, entity, reason) VALUES ('stream', 'lead', 'bad'), "
                        "('stream', 'lead', 'bad'), ('stream', NULL, 'invalid JSON'), "
-                       "('stream', 'lead', 'old') ")
+                       "('stream', 'lead', 'old'), ('stream', NULL, 'validator_error: RecursionError') ")
         cursor.execute("UPDATE dead_letters SET created_at = now() - interval '2 hours' WHERE reason = 'old'")
         cursor.execute("INSERT INTO stream_heartbeats (query_name, run_id, batch_id, input_rows, recorded_at) "
                        "VALUES ('q', 'r1', 0, 5, now() - interval '30 seconds'), "
@@ -88,12 +88,16 @@ def test_gathered_counts_and_verdict(settings, warehouse, pg_schema, source_sche
         EntityCounts("chat_session", postgres_rows=2, es_docs=1, source_rows=2, dead_letters=0),
         EntityCounts("evento", postgres_rows=0, es_docs=0, source_rows=None, dead_letters=0),
     )
-    assert counts.unattributed_dead_letters == 1
+    assert counts.unattributed_dead_letters == 2
+    assert counts.dead_letters_by_reason == {"bad": 2, "invalid JSON": 1, "validator_error": 1}
+    assert counts.validator_errors == 1
     assert 19 <= counts.heartbeat_age_seconds < 60
     assert counts.kafka_lag == 2
 
-    report = evaluate_quality(counts, QualityThresholds(max_dead_letters=3))
-    assert report.reasons == ("chat_session: Postgres has 2 rows but Elasticsearch 1 documents (gap 1 > 0.1%)",)
+    report = evaluate_quality(counts, QualityThresholds(max_dead_letters=4))
+    assert report.reasons == ("chat_session: Postgres has 2 rows but Elasticsearch 1 documents (gap 1 > 0.1%)",
+                              "1 dead letters with reason validator_error: the validator raised on them (a bug to "
+                              "fix, then replay them from dead_letters)")
 
     assert heartbeat(warehouse, "nobody", pg_schema).last_recorded_at is None
     assert recently_running_queries(warehouse, dt.timedelta(days=1), pg_schema) == {"q"}

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from include.entities import BY_TIPO_EVENTO, ENTITIES, EXTRACTED, Entity, Field, entity_for
+from include.entities import BY_TIPO_EVENTO, ENTITIES, EXTRACTED, TYPES, Entity, Field, entity_for
 from include.schema import quote_ident, source_ddl, warehouse_ddl
 
 
@@ -52,3 +52,21 @@ def test_spark_schema_and_es_mapping_follow_the_registry():
     mappings = lead.es_mappings()
     assert mappings["properties"]["updated_at"] == {"type": "date"}
     assert set(mappings["properties"]) == {c.name for c in lead.columns}
+
+
+def test_each_type_row_keeps_its_values_within_what_both_sinks_accept():
+    es_term_bytes, double_max = 32_766, 1.7976931348623157e308
+    for name, rules in TYPES.items():
+        mapping = rules.es_mapping
+        if mapping["type"] == "keyword" and name != "uuid":  # a uuid is 36 characters by its format
+            assert rules.max_bytes is not None and rules.max_bytes <= es_term_bytes, name
+        if mapping["type"] == "text":
+            assert mapping["fields"]["raw"]["ignore_above"] * 4 <= es_term_bytes, name  # characters of <= 4 bytes
+        if rules.spark_type.startswith("array"):
+            assert rules.max_items is not None, name
+    numeric = TYPES["numeric"]
+    assert numeric.spark_type == f"decimal({numeric.precision},{numeric.scale})"
+    assert 10.0 ** (numeric.precision - numeric.scale) < double_max  # Elasticsearch's double holds every value
+    assert TYPES["integer"].value_range == range(-2**31, 2**31)  # Postgres integer and Elasticsearch integer
+    jsonb = TYPES["jsonb"]
+    assert jsonb.max_number_digits + len("-0.E+") + len(str(jsonb.max_number_exponent)) < 1_000  # ES number length

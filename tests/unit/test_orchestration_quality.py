@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from include.orchestration.quality import EntityCounts, QualityCounts, QualityThresholds, evaluate_quality
@@ -81,6 +83,18 @@ def test_heartbeat_freshness(age, lag, reasons):
 ])
 def test_kafka_lag(lag, reason):
     assert evaluate_quality(counts(lag=lag), THRESHOLDS).reasons == (reason,)
+
+
+def test_validator_errors_are_counted_apart_and_fail_the_verdict_whatever_the_threshold():
+    clean = evaluate_quality(dataclasses.replace(counts(lead=(100, 100, 100, 3)),
+                                                 dead_letters_by_reason={"wrong_type": 3}), THRESHOLDS)
+    assert clean.passed and clean.counts.validator_errors == 0
+    assert "validator errors: 0" in clean.table.splitlines()[-1]
+    report = evaluate_quality(dataclasses.replace(counts(unattributed=2),
+                                                  dead_letters_by_reason={"validator_error": 2}), THRESHOLDS)
+    assert report.counts.validator_errors == 2 and "validator errors: 2" in report.table.splitlines()[-1]
+    assert report.reasons == ("2 dead letters with reason validator_error: the validator raised on them (a bug to "
+                              "fix, then replay them from dead_letters)",)
 
 
 def test_every_problem_is_reported_at_once():

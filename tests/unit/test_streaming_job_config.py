@@ -22,12 +22,12 @@ def test_every_option_is_read(tmp_path):
         "--checkpoint-root", str(tmp_path), "--query-name", "q-1", "--trigger", "available-now",
         "--max-offsets-per-trigger", "10", "--starting-offsets", '{"t": {"0": 5}}', "--topic", "t",
         "--pg-schema", "test_abc", "--es-index-prefix", "test_abc", "--max-payload-bytes", "99",
-        "--min-batches-to-retain", "7",
+        "--min-batches-to-retain", "7", "--max-version-skew-seconds", "0",
     ])
     assert config == JobConfig(
         checkpoint_root=tmp_path, query_name="q-1", trigger="available-now", max_offsets_per_trigger=10,
         starting_offsets='{"t": {"0": 5}}', topic="t", pg_schema="test_abc", es_index_prefix="test_abc",
-        max_payload_bytes=99, min_batches_to_retain=7,
+        max_payload_bytes=99, min_batches_to_retain=7, max_version_skew_seconds=0,
     )
     assert config.trigger_options() == {"availableNow": True}
     assert parse_args(["--checkpoint-root", "c", "--trigger", "processing-time=500 milliseconds"]).trigger_options() \
@@ -42,6 +42,7 @@ def test_every_option_is_read(tmp_path):
     (["--max-offsets-per-trigger", "0"], "--max-offsets-per-trigger"),
     (["--max-payload-bytes", "-1"], "--max-payload-bytes"),
     (["--min-batches-to-retain", "0"], "--min-batches-to-retain"),
+    (["--max-version-skew-seconds", "-1"], "--max-version-skew-seconds"),
     (["--starting-offsets", "yesterday"], "--starting-offsets"),
     (["--query-name", "../escape"], "--query-name"),
     (["--pg-schema", "Robert'); DROP"], "--pg-schema"),
@@ -53,3 +54,20 @@ def test_bad_settings_stop_at_start_up_naming_the_setting(capsys, arguments, nam
         parse_args(root + arguments)
     assert stopped.value.code == 2
     assert named in capsys.readouterr().err
+
+
+def test_the_supervised_job_gets_the_version_skew_setting(tmp_path):
+    from include.contract import DEFAULT_MAX_VERSION_SKEW_SECONDS
+    from include.orchestration.config import StreamOpsConfig, job_arguments
+    from include.settings import SettingsError
+
+    environ = {"PIPELINE_STATE_DIR": str(tmp_path), "PIPELINE_PG_PASSWORD": "unused",
+               "PIPELINE_STREAM_MAX_VERSION_SKEW_SECONDS": "42"}
+    arguments = job_arguments(StreamOpsConfig.load(environ), available_now=True)
+    assert parse_args(arguments).max_version_skew_seconds == 42
+    # The default is the job's own: not passed, so releases built before the option still accept the command line.
+    default = job_arguments(StreamOpsConfig.load({**environ, "PIPELINE_STREAM_MAX_VERSION_SKEW_SECONDS": ""}), True)
+    assert "--max-version-skew-seconds" not in default
+    assert parse_args(default).max_version_skew_seconds == DEFAULT_MAX_VERSION_SKEW_SECONDS
+    with pytest.raises(SettingsError, match="PIPELINE_STREAM_MAX_VERSION_SKEW_SECONDS"):
+        StreamOpsConfig.load({**environ, "PIPELINE_STREAM_MAX_VERSION_SKEW_SECONDS": "-5"})

@@ -10,14 +10,14 @@ import uuid
 
 import pytest
 
-from include.contract import encode, tombstone_message
-from include.entities import CHAT_SESSION, EVENTO, LEAD
+from include.contract import DEFAULT_MAX_VERSION_SKEW_SECONDS, encode, tombstone_message
+from include.entities import CHAT_SESSION, EVENTO, LEAD, TYPES
 from spark import transforms as T
 from spark import validation as V
 from tests.stream_support import (KAFKA_SCHEMA, T0, UTC, as_bytes, chat_message, evento_message, kafka_frame,
                                   lead_message, poison_catalog, with_members)
 
-MAX_BYTES = 4096
+MAX_BYTES = 64 * 1024
 
 
 def check(value) -> V.Validated:
@@ -93,6 +93,123 @@ def test_each_reject_kind_has_its_reason(name, value, expected):
 ])
 def test_edge_cases(value, expected):
     assert reason(value) == expected
+
+
+KEYWORD_MAX = TYPES["keyword"].max_bytes
+ITEMS_MAX = TYPES["text[]"].max_items
+
+
+def nested(depth: int) -> str:
+    """A lead whose localizacao nests arrays so that the message is `depth` deep (its own object is the first)."""
+    return with_members(lead_message(), localizacao="DEEP").replace('"DEEP"', "[" * (depth - 1) + "]" * (depth - 1))
+
+
+@pytest.mark.parametrize("value, expected", [
+    (nested(V.MAX_DEPTH), None),
+    (nested(V.MAX_DEPTH + 1), V.TOO_DEEP),
+    (with_members(evento_message(), ctx={"a": {"b": "DEEP"}}).replace('"DEEP"', "{" * 70 + "}" * 70), V.TOO_DEEP),
+    (dict(lead_message(), nome="[{" * 5000), None),  # brackets inside strings do not nest
+    (dict(lead_message(), nome='\\"' + "[" * 200), None),  # an escaped quote does not end the string
+    ('{"tipo_evento": "lead", "nome": "' + "[" * 200, V.INVALID_JSON),  # nor does an unterminated one nest
+    (dict(lead_message(), email="é" * (KEYWORD_MAX // 2)), None),  # bytes of UTF-8 are counted, not characters
+    (dict(lead_message(), email="é" * (KEYWORD_MAX // 2) + "x"), f"{V.TOO_LARGE}: email"),
+    (dict(lead_message(), email="😀" * (KEYWORD_MAX // 4) + "x"), f"{V.TOO_LARGE}: email"),
+    (dict(lead_message(), nome="x" * 40_000), None),  # text: its keyword subfield skips long values
+    (dict(lead_message(), interesse=["a"] * ITEMS_MAX), None),
+    (dict(lead_message(), interesse=["a"] * (ITEMS_MAX + 1)), f"{V.TOO_LARGE}: interesse"),
+    (dict(lead_message(), interesse=[None, "x" * KEYWORD_MAX]), None),
+    (dict(lead_message(), interesse=[None, "x" * (KEYWORD_MAX + 1)]), f"{V.TOO_LARGE}: interesse"),
+    (with_members(lead_message(), localizacao={"n": "N"}).replace('"N"', "1e308"), None),
+    (with_members(lead_message(), localizacao={"n": "N"}).replace('"N"', "-1e-308"), None),
+    (with_members(lead_message(), localizacao={"n": "N"}).replace('"N"', "1e309"), f"{V.TOO_LARGE}: localizacao"),
+    (with_members(lead_message(), localizacao={"n": "N"}).replace('"N"', "1E-309"), f"{V.TOO_LARGE}: localizacao"),
+    (with_members(lead_message(), localizacao={"n": "N"}).replace('"N"', "1e100000"), f"{V.TOO_LARGE}: localizacao"),
+    (with_members(lead_message(), localizacao=[10 ** 100 - 1, -(10 ** 100 - 1)]), None),
+    (with_members(lead_message(), localizacao=[1, [10 ** 100]]), f"{V.TOO_LARGE}: localizacao"),
+    (with_members(lead_message(), localizacao={"n": "N"}).replace('"N"', "0." + "1" * 100), None),
+    (with_members(lead_message(), localizacao={"n": "N"}).replace('"N"', "0." + "1" * 101),
+     f"{V.TOO_LARGE}: localizacao"),
+    (with_members(evento_message(), contexto={"n": "N"}).replace('"N"', "-1e999"), f"{V.TOO_LARGE}: payload"),
+    (with_members(lead_message(), campo_novo="N").replace('"N"', "1e999"), None),  # ignored, never stored
+    (with_members(evento_message(), valor="N").replace('"N"', "1e999"), f"{V.WRONG_TYPE}: valor"),
+    (with_members(evento_message(), valor="N").replace('"N"', "9" * 29 + ".9999999994"), None),
+    (with_members(evento_message(), valor="N").replace('"N"', "9" * 29 + ".9999999995"), f"{V.WRONG_TYPE}: valor"),
+    (with_members(lead_message(), localizacao={"n": "N"}).replace('"N"', "1" * 4301), V.INVALID_JSON),
+])
+def test_limits_of_each_type(value, expected):
+    assert reason(value) == expected
+
+
+def test_versions_are_refused_before_1970_and_after_the_clock_plus_the_skew():
+    newest = dt.datetime(2030, 1, 1, tzinfo=UTC)
+    verdicts = [V.validate(as_bytes(dict(lead_message(), updated_at=moment)), MAX_BYTES, newest_version=newest).reason
+                for moment in ("1970-01-01T00:00:00Z", "2030-01-01T00:00:00Z", "2030-01-01T00:00:00.000001Z",
+                               "2029-12-31T21:00:00-03:00", "2029-12-31T21:00:01-03:00")]
+    out = f"{V.VERSION_OUT_OF_RANGE}: updated_at"
+    assert verdicts == [None, None, out, None, out]
+    # Only the version column: other timestamps may be anything Python, Postgres and Elasticsearch all hold.
+    assert reason(dict(lead_message(), created_at="9999-12-31T23:59:59Z", last_interaction_at="0001-01-01T00:00:00Z")) \
+        is None
+    tombstone = tombstone_message(EVENTO, str(uuid.uuid4()), T0)
+    assert V.validate(as_bytes(tombstone), MAX_BYTES, newest_version=T0 - dt.timedelta(microseconds=1)).reason == \
+        f"{V.VERSION_OUT_OF_RANGE}: occurred_at"
+    # By default, the clock now plus the default skew.
+    soon = dt.datetime.now(UTC) + dt.timedelta(seconds=DEFAULT_MAX_VERSION_SKEW_SECONDS - 30)
+    later = dt.datetime.now(UTC) + dt.timedelta(seconds=DEFAULT_MAX_VERSION_SKEW_SECONDS + 30)
+    assert [reason(dict(lead_message(), updated_at=moment)) for moment in (soon, later)] == [None, out]
+
+
+def test_the_version_skew_must_not_be_negative():
+    with pytest.raises(ValueError, match="max_version_skew_seconds"):
+        T.documents_of(MAX_BYTES, max_version_skew_seconds=-1)
+
+
+def arrow_batch(values):
+    import pyarrow as pa
+
+    count = len(values)
+    return pa.RecordBatch.from_arrays(
+        [pa.array([as_bytes(v) for v in values], pa.binary()), pa.array(["eventos"] * count, pa.string()),
+         pa.array([0] * count, pa.int32()), pa.array(range(100, 100 + count), pa.int64()),
+         pa.array([dt.datetime(2024, 5, 1)] * count, pa.timestamp("us"))],
+        names=list(T.KAFKA_COLUMNS))
+
+
+def test_a_message_the_validator_raises_on_is_a_dead_letter_and_its_batch_goes_on(monkeypatch, caplog):
+    # Stands in for a bug not found yet: the validator raising on one message.
+    validate = V.validate
+
+    def raising_on_boom(value, *args, **kwargs):
+        if b"boom" in value:
+            raise RecursionError("maximum recursion depth exceeded")
+        return validate(value, *args, **kwargs)
+
+    monkeypatch.setattr(T, "validate", raising_on_boom)
+    lead, bad, evento = lead_message(), dict(lead_message(), nome="boom"), evento_message()
+    with caplog.at_level("ERROR", logger=T.__name__):
+        batch = T.documents_of(MAX_BYTES)(arrow_batch([lead, bad, bad, evento])).to_pydict()
+    assert batch[T.KIND] == ["lead", T.DEAD_LETTER, T.DEAD_LETTER, "evento"]
+    assert batch[T.REASON] == [None, f"{V.VALIDATOR_ERROR}: RecursionError", f"{V.VALIDATOR_ERROR}: RecursionError",
+                               None]
+    assert json.loads(batch[T.DOCUMENT][1]) == {
+        "entity": None, "reason": f"{V.VALIDATOR_ERROR}: RecursionError", "raw_payload": encode(bad).decode(),
+        "topic": "eventos", "kafka_partition": 0, "kafka_offset": 101}
+    assert batch[T.DOCUMENT_ID] == [lead["id"], None, None, evento["id"]]
+    (record,) = caplog.records  # once per batch, naming the exception type
+    assert "RecursionError" in record.getMessage() and "2" in record.getMessage() and record.exc_info
+
+
+def test_a_document_that_cannot_be_rendered_is_a_dead_letter_too(monkeypatch):
+    render = V.render
+
+    def failing_on_boom(document):
+        if document.get("nome") == "boom":
+            raise OverflowError("cannot render")
+        return render(document)
+
+    monkeypatch.setattr(T, "render", failing_on_boom)
+    batch = T.documents_of(MAX_BYTES)(arrow_batch([dict(lead_message(), nome="boom"), lead_message()])).to_pydict()
+    assert batch[T.REASON] == [f"{V.VALIDATOR_ERROR}: OverflowError", None]
 
 
 def test_numbers_keep_every_digit():
