@@ -345,7 +345,9 @@ class Kafka(Service):
         config = self.write_config()
         if not (self.home / "data" / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-            subprocess.run(self.java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
+            # "=" form: a random id may start with "-", which the tool would read as an option
+            subprocess.run(self.java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
+                                     "-c", str(config)),
                            check=True, capture_output=True)
         self.spawn(self.java("kafka.Kafka", str(config), heap_mb=self.settings.kafka_heap_mb))
 
