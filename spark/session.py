@@ -27,6 +27,11 @@ def connector_jars(settings: Settings) -> list[Path]:
     return jars
 
 
+# Arrow batches to the Python workers (mapInArrow) are bounded in bytes as well as in records (10,000 by default):
+# with 256 KB messages, 10,000 records would be 2.5 GB in one JVM buffer (in local mode, the driver's heap).
+ARROW_MAX_BYTES_PER_BATCH = 32 * 1024 * 1024
+
+
 def build_session(app_name: str, settings: Settings, extra_conf: dict[str, str] | None = None, *,
                   connectors: bool = True):
     """`connectors=False`: no Kafka source or JDBC (tests of pure transforms on a machine that fetched no jars)."""
@@ -40,6 +45,7 @@ def build_session(app_name: str, settings: Settings, extra_conf: dict[str, str] 
         .config("spark.ui.enabled", "false")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.local.dir", str(settings.state_dir / "spark" / "local"))
+        .config("spark.sql.execution.arrow.maxBytesPerBatch", str(ARROW_MAX_BYTES_PER_BATCH))
     )
     for key, value in (extra_conf or {}).items():
         builder = builder.config(key, value)

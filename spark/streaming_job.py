@@ -51,6 +51,11 @@ class JobConfig:
     query_name: str = DEFAULT_QUERY_NAME
     trigger: str = "processing-time=30 seconds"
     max_offsets_per_trigger: int = 50_000
+    # Spark 4.1's Kafka source bounds a micro-batch by offsets only (maxOffsetsPerTrigger; there is no bytes-based
+    # option), so a byte budget becomes an offset bound through the largest message the job accepts: 512 MB is
+    # 2,048 messages of 256 KB, whose merge statements (about 35 ms per MB on a busy 2-core machine) stay well
+    # inside the 60 s statement timeout, which a batch would otherwise exceed on every replay.
+    max_bytes_per_trigger: int = 512 * 1024 ** 2
     starting_offsets: str = "earliest"
     topic: str | None = None  # None: the settings' topic (PIPELINE_KAFKA_TOPIC)
     pg_schema: str | None = None
@@ -60,6 +65,12 @@ class JobConfig:
     # Metadata of this many batches stays in the checkpoint: enough to rewind by hand after an incident, bounded
     # so the folder does not grow without limit. The query keeps no state, so recovery needs only the last one.
     min_batches_to_retain: int = 100
+
+    @property
+    def offsets_per_trigger(self) -> int:
+        """maxOffsetsPerTrigger: the offset count, lowered so a batch of messages of the largest accepted size
+        stays within the byte budget."""
+        return max(1, min(self.max_offsets_per_trigger, self.max_bytes_per_trigger // self.max_payload_bytes))
 
     @property
     def checkpoint_location(self) -> Path:
@@ -83,7 +94,8 @@ class JobConfig:
         ):
             raise ConfigError(f"--trigger {self.trigger!r}: expected '{AVAILABLE_NOW}' or "
                               f"'{PROCESSING_TIME}<n> <milliseconds|seconds|minutes|hours>'")
-        for name in ("max_offsets_per_trigger", "max_payload_bytes", "min_batches_to_retain"):
+        for name in ("max_offsets_per_trigger", "max_bytes_per_trigger", "max_payload_bytes",
+                     "min_batches_to_retain"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.max_version_skew_seconds < 0:
@@ -115,6 +127,9 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
     parser.add_argument("--trigger", default=defaults.trigger,
                         help=f"'{AVAILABLE_NOW}' or '{PROCESSING_TIME}<n> <unit>' (default: %(default)s)")
     parser.add_argument("--max-offsets-per-trigger", type=int, default=defaults.max_offsets_per_trigger)
+    parser.add_argument("--max-bytes-per-trigger", type=int, default=defaults.max_bytes_per_trigger,
+                        help="byte budget of a micro-batch: batches hold at most this over --max-payload-bytes "
+                             "offsets (default: %(default)s)")
     parser.add_argument("--starting-offsets", default=defaults.starting_offsets,
                         help="where a new checkpoint starts: earliest, latest or JSON offsets (default: %(default)s)")
     parser.add_argument("--topic", default=None, help="default: PIPELINE_KAFKA_TOPIC")
@@ -154,7 +169,7 @@ def build_query(spark, config: JobConfig, settings: Settings):
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
         .option("subscribe", config.topic or settings.kafka_topic)
         .option("startingOffsets", config.starting_offsets)
-        .option("maxOffsetsPerTrigger", str(config.max_offsets_per_trigger))
+        .option("maxOffsetsPerTrigger", str(config.offsets_per_trigger))
         # Offsets that vanished (retention) before being read stop the query instead of being skipped.
         .option("failOnDataLoss", "true")
         # Kafka partitions split into tasks for every core, twice over so a core that ends early takes another:

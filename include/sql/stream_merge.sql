@@ -1,17 +1,34 @@
 -- Set-based merge of one staged micro-batch (see stream_staging.sql), all in one transaction. Identifiers come
 -- from the entity registry; every value is a bound parameter: %(token)s (the batch's stage token), %(entity)s
--- (an entity's name), %(batch_id)s, %(kind)s.
+-- (an entity's name), %(batch_id)s, %(kind)s, and %(lo)s..%(hi)s, the range of winners a statement covers (the
+-- whole batch, or a part of it while spark/sinks/postgres.py isolates a row Postgres refuses).
 -- jsonb_populate_record turns each staged document into a row of the target table's own type.
 
 {% macro winners(stage, winners) -%}
 -- The newest staged row per entity and id: highest version; on a tie a tombstone, then the later Kafka record.
--- Also absorbs a row staged twice by a retried task.
+-- Also absorbs a row staged twice by a retried task. `n` numbers the winners for ranges; `refused` is set when a
+-- sink refused the row: every statement below then leaves it out and it becomes a dead letter with its Kafka
+-- position.
 CREATE TEMP TABLE {{ winners | ident }} ON COMMIT DROP AS
-SELECT DISTINCT ON (s.kind, s.id) s.kind, s.id, s.version, s.deleted, s.doc
-FROM {{ stage | ident }} s
-WHERE s.stage_token = %(token)s AND s.id IS NOT NULL
-ORDER BY s.kind, s.id, s.version DESC, s.deleted DESC, s.kafka_timestamp DESC, s.kafka_partition DESC,
-         s.kafka_offset DESC
+SELECT row_number() OVER (ORDER BY d.kind, d.id) AS n, d.*, NULL::text AS refused
+FROM (
+    SELECT DISTINCT ON (s.kind, s.id) s.kind, s.id, s.version, s.deleted, s.doc, s.kafka_topic, s.kafka_partition,
+           s.kafka_offset
+    FROM {{ stage | ident }} s
+    WHERE s.stage_token = %(token)s AND s.id IS NOT NULL
+    ORDER BY s.kind, s.id, s.version DESC, s.deleted DESC, s.kafka_timestamp DESC, s.kafka_partition DESC,
+             s.kafka_offset DESC
+) d
+{%- endmacro %}
+
+{% macro refuse_row(winners) -%}
+UPDATE {{ winners | ident }} SET refused = %(reason)s WHERE n = %(n)s
+{%- endmacro %}
+
+{% macro refuse_documents(winners) -%}
+UPDATE {{ winners | ident }} w SET refused = r.reason
+FROM unnest(%(kinds)s::text[], %(ids)s::text[], %(reasons)s::text[]) AS r (kind, id, reason)
+WHERE w.kind = r.kind AND w.id = r.id
 {%- endmacro %}
 
 {% macro record_deletions(entity, winners) -%}
@@ -19,27 +36,27 @@ ORDER BY s.kind, s.id, s.version DESC, s.deleted DESC, s.kafka_timestamp DESC, s
 INSERT INTO deleted_records (entity, id, deleted_at)
 SELECT w.kind, w.id::uuid, w.version
 FROM {{ winners | ident }} w
-WHERE w.kind = %(entity)s AND w.deleted
+WHERE w.kind = %(entity)s AND w.deleted AND w.refused IS NULL AND w.n BETWEEN %(lo)s AND %(hi)s
 ON CONFLICT (entity, id) DO UPDATE SET deleted_at = EXCLUDED.deleted_at
 WHERE deleted_records.deleted_at < EXCLUDED.deleted_at
 {%- endmacro %}
 
 {% macro index_actions(winners) -%}
--- What Elasticsearch gets, once deletions are recorded: every tombstone, and every update that no deletion at least
--- as new suppresses (Elasticsearch forgets a deleted document's version after index.gc_deletes, Postgres does not).
--- Versions are the version column's epoch microseconds.
+-- What Elasticsearch gets, once Postgres has taken the batch: every tombstone, and every update that no deletion
+-- at least as new suppresses (Elasticsearch forgets a deleted document's version after index.gc_deletes, Postgres
+-- does not); never a row Postgres refused. Versions are the version column's epoch microseconds.
 SELECT w.kind, w.id, (extract(epoch FROM w.version) * 1000000)::bigint, w.deleted, w.doc
 FROM {{ winners | ident }} w
-WHERE w.deleted OR NOT EXISTS (
+WHERE w.refused IS NULL AND (w.deleted OR NOT EXISTS (
     SELECT 1 FROM deleted_records d
-    WHERE d.entity = w.kind AND d.id = w.id::uuid AND d.deleted_at >= w.version)
+    WHERE d.entity = w.kind AND d.id = w.id::uuid AND d.deleted_at >= w.version))
 {%- endmacro %}
 
 {% macro delete_tombstoned(entity, winners) -%}
 -- A tombstone removes the row unless the row is newer than the deletion.
 DELETE FROM {{ entity.table | ident }} t
 USING {{ winners | ident }} w
-WHERE w.kind = %(entity)s AND w.deleted
+WHERE w.kind = %(entity)s AND w.deleted AND w.refused IS NULL AND w.n BETWEEN %(lo)s AND %(hi)s
   AND t.{{ entity.key | ident }} = w.id::{{ entity.key_field.pg_type }}
   AND t.{{ entity.version_column | ident }} <= w.version
 {%- endmacro %}
@@ -52,7 +69,7 @@ INSERT INTO {{ entity.table | ident }} AS t (
 SELECT
 {%- for column in entity.columns %} r.{{ column.name | ident }}{% if not loop.last %},{% endif %}{% endfor %}
 FROM {{ winners | ident }} w CROSS JOIN LATERAL jsonb_populate_record(NULL::{{ entity.table | ident }}, w.doc::jsonb) r
-WHERE w.kind = %(entity)s AND NOT w.deleted
+WHERE w.kind = %(entity)s AND NOT w.deleted AND w.refused IS NULL AND w.n BETWEEN %(lo)s AND %(hi)s
   AND NOT EXISTS (
       SELECT 1 FROM deleted_records d
       WHERE d.entity = %(entity)s AND d.id = w.id::uuid AND d.deleted_at >= w.version)
@@ -69,6 +86,15 @@ INSERT INTO dead_letters (stage, entity, reason, raw_payload, topic, kafka_parti
 SELECT 'stream', r.entity, r.reason, r.raw_payload, r.topic, r.kafka_partition, r.kafka_offset, %(batch_id)s
 FROM {{ stage | ident }} s CROSS JOIN LATERAL jsonb_populate_record(NULL::dead_letters, s.doc::jsonb) r
 WHERE s.stage_token = %(token)s AND s.kind = %(kind)s
+ON CONFLICT (topic, kafka_partition, kafka_offset) WHERE kafka_offset IS NOT NULL DO NOTHING
+{%- endmacro %}
+
+{% macro insert_refused_dead_letters(winners) -%}
+-- The rows a sink refused, as dead letters of the winning Kafka record: the document as raw_payload.
+INSERT INTO dead_letters (stage, entity, reason, raw_payload, topic, kafka_partition, kafka_offset, batch_id)
+SELECT 'stream', w.kind, w.refused, w.doc, w.kafka_topic, w.kafka_partition, w.kafka_offset, %(batch_id)s
+FROM {{ winners | ident }} w
+WHERE w.refused IS NOT NULL
 ON CONFLICT (topic, kafka_partition, kafka_offset) WHERE kafka_offset IS NOT NULL DO NOTHING
 {%- endmacro %}
 

@@ -7,7 +7,7 @@ DO $$
 BEGIN
     IF to_regclass('{{ stage | ident }}') IS NOT NULL AND NOT EXISTS (
         SELECT 1 FROM pg_attribute
-        WHERE attrelid = to_regclass('{{ stage | ident }}') AND attname = 'kafka_offset' AND NOT attisdropped
+        WHERE attrelid = to_regclass('{{ stage | ident }}') AND attname = 'kafka_topic' AND NOT attisdropped
     ) THEN
         DROP TABLE {{ stage | ident }};
     END IF;
@@ -19,6 +19,7 @@ CREATE UNLOGGED TABLE IF NOT EXISTS {{ stage | ident }} (
     version         timestamptz,            -- the entity's version column (null for a dead letter)
     deleted         boolean     NOT NULL,   -- a tombstone
     kafka_timestamp timestamptz NOT NULL,
+    kafka_topic     text        NOT NULL,
     kafka_partition integer     NOT NULL,
     kafka_offset    bigint      NOT NULL,
     doc             text        NOT NULL,   -- JSON: the row, one member per column of the target table

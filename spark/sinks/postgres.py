@@ -3,11 +3,22 @@
 Per batch: every task renders its Kafka rows as documents (spark/transforms.py: valid rows and rejects, each one
 JSON object, with its Kafka position) and COPYs them into the UNLOGGED staging table under the batch's stage
 token, in its own transaction (stream_staging.sql). Then ONE transaction runs stream_merge.sql: pick the newest
-staged row per id, and per entity record tombstones in deleted_records, delete tombstoned rows that are not newer,
-and upsert guarded by the version column; then insert the dead letters once per Kafka offset and clear the staged
-rows. No statement is per row. Once the deletions are recorded, the rows Elasticsearch must get are handed to
-`on_index_actions`, so the bulk can run while the upsert does. Any failure raises: the transaction rolls back and
-the batch is replayed from the checkpoint.
+staged row per id (the winners, with their Kafka position), then, after a savepoint, per entity record tombstones
+in deleted_records, delete tombstoned rows that are not newer and upsert guarded by the version column; then insert
+the dead letters once per Kafka offset and clear the staged rows. No statement is per row.
+
+Refused by one sink = refused by both. A row Postgres refuses for its data (SQLSTATE class 22 or 23, or 54000: a
+CHECK, a value jsonb_populate_record cannot cast, an index row too large) fails a set-based statement; the
+statement is then bisected over ranges of winners under savepoints until the refused rows are single ones (about
+2 log2(n) statements per refused row, never one per row of the batch). The refused rows are marked, the merge rolls
+back to its savepoint and runs again without them. Only then are the index actions streamed, through a
+server-side cursor, to `index` (the Elasticsearch bulk, spark/sinks/elastic.py), which returns the documents
+Elasticsearch refused for their data; if there are any, they are marked too and the merge is redone once more
+without them before the commit. A refused row thus keeps its previous version in both sinks and becomes a dead
+letter `sink_refused: <sink>: <reason>` with the Kafka position of the winning record. The price is the overlap
+the bulk used to have with the upsert: the bulk now runs after it (and before the commit, so a failed bulk rolls
+Postgres back as well). Any other failure (connection, timeout, serialization, a missing table, 429/5xx after
+retries) raises: the transaction rolls back and the batch is replayed from the checkpoint.
 """
 
 from __future__ import annotations
@@ -18,7 +29,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 import psycopg
 from psycopg import sql
@@ -37,13 +48,34 @@ WINNERS_TABLE = "stream_winners"  # temporary, dropped at commit
 STALE_STAGE_AFTER = "1 hour"
 # Document columns -> staging columns, in COPY order (after stage_token).
 STAGED_COLUMNS = {KIND: "kind", DOCUMENT_ID: "id", DOCUMENT_VERSION: "version", DELETED: "deleted",
-                  "timestamp": "kafka_timestamp", "partition": "kafka_partition", "offset": "kafka_offset",
-                  DOCUMENT: "doc"}
+                  "timestamp": "kafka_timestamp", "topic": "kafka_topic", "partition": "kafka_partition",
+                  "offset": "kafka_offset", DOCUMENT: "doc"}
 STAGED_COUNTS_SCHEMA = "kind string, rows long"
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 # (kind, id, version in epoch microseconds, deleted, doc): a row Elasticsearch must get.
 IndexAction = tuple[str, str, int, bool, str]
+# (kind, id, reason): a document another sink refused for its data.
+Refusal = tuple[str, str, str]
+# Index actions fetched per round trip of the server-side cursor: with documents of at most the payload limit
+# (256 KB by default) the driver holds at most about 25 MB of them at a time.
+INDEX_ACTIONS_PER_FETCH = 100
+# SQLSTATEs of a row refused for its data: classes 22 (data exception) and 23 (integrity constraint violation),
+# and 54000 (program_limit_exceeded, e.g. an index row too large). Anything else is the batch's failure.
+REFUSED_SQLSTATE_CLASSES = ("22", "23")
+REFUSED_SQLSTATES = ("54000",)
+REASON_CHARS = 500
+
+
+def refused_for_data(error: psycopg.Error) -> bool:
+    state = error.sqlstate or ""
+    return state[:2] in REFUSED_SQLSTATE_CLASSES or state in REFUSED_SQLSTATES
+
+
+def refusal_reason(sink: str, detail: str) -> str:
+    """The dead-letter reason of a row a sink refused: `sink_refused: <sink>: <detail>`, first line, bounded."""
+    first_line = detail.strip().splitlines()[0] if detail.strip() else "no detail"
+    return f"sink_refused: {sink}: {first_line}"[:REASON_CHARS]
 
 
 def check_schema_name(schema: str) -> str:
@@ -79,13 +111,15 @@ def stage_partition(settings: Settings, schema: str | None, token: str, document
 
         counts: Counter = Counter()
         with connect(settings, schema) as connection, connection.cursor() as cursor:
-            with cursor.copy(statement) as copy:
-                for batch in batches:
-                    rendered = documents(batch)
-                    columns = [rendered.column(name).to_pylist() for name in STAGED_COLUMNS]
+            for batch in batches:
+                # One COPY per Arrow batch (at most spark.sql.execution.arrow.maxBytesPerBatch), so no statement
+                # outlives the statement timeout however large the task's share; one transaction still.
+                rendered = documents(batch)
+                columns = [rendered.column(name).to_pylist() for name in STAGED_COLUMNS]
+                with cursor.copy(statement) as copy:
                     for row in zip(*columns):
                         copy.write_row((token, *row))
-                    counts.update(columns[0])
+                counts.update(columns[0])
         # Leaving the `with` block committed this task's rows.
         yield pa.RecordBatch.from_pydict({"kind": list(counts), "rows": list(counts.values())})
 
@@ -97,10 +131,19 @@ class MergeResult:
     staged: dict[str, int]  # kind -> rows, dead letters included
     upserted: dict[str, int]
     deleted: dict[str, int]
-    dead_letters: int
+    dead_letters: int  # rejects and refused rows
+    refused: dict[str, int]  # sink -> rows it refused
     index_actions: int
     stage_seconds: float
     merge_seconds: float
+
+
+@dataclass
+class _Pass:
+    """One run of the entity statements after the savepoint."""
+    upserted: dict[str, int]
+    deleted: dict[str, int]
+    refused: list[tuple[int, str]]  # (winner number, reason): rows Postgres refused in this pass
 
 
 def _entity_statements(entity: Entity) -> dict[str, str]:
@@ -114,8 +157,12 @@ class PostgresSink:
         self.schema = check_schema_name(schema) if schema else None
         self._winners = render_sql_macro(MERGE_SQL, "winners", stage=STREAM_STAGE_TABLE, winners=WINNERS_TABLE)
         self._entity_statements = {entity: _entity_statements(entity) for entity in ENTITIES}
+        self._refuse_row = render_sql_macro(MERGE_SQL, "refuse_row", winners=WINNERS_TABLE)
+        self._refuse_documents = render_sql_macro(MERGE_SQL, "refuse_documents", winners=WINNERS_TABLE)
         self._index_actions = render_sql_macro(MERGE_SQL, "index_actions", winners=WINNERS_TABLE)
         self._dead_letters = render_sql_macro(MERGE_SQL, "insert_dead_letters", stage=STREAM_STAGE_TABLE)
+        self._refused_dead_letters = render_sql_macro(MERGE_SQL, "insert_refused_dead_letters",
+                                                      winners=WINNERS_TABLE)
         self._clear = render_sql_macro(MERGE_SQL, "clear_stage", stage=STREAM_STAGE_TABLE)
 
     def connect(self, **kwargs) -> psycopg.Connection:
@@ -130,30 +177,110 @@ class PostgresSink:
         return dict(totals)
 
     def write(self, batch: DataFrame, batch_id: int, documents: Callable,
-              on_index_actions: Callable[[list[IndexAction]], None] | None = None) -> MergeResult:
-        """Render, stage and merge one micro-batch of Kafka rows (`documents`: transforms.documents_of)."""
+              index: Callable[[Iterator[IndexAction]], Sequence[Refusal]] | None = None) -> MergeResult:
+        """Render, stage and merge one micro-batch of Kafka rows (`documents`: transforms.documents_of); `index`
+        gets the rows Postgres took, before the commit, and returns those it refused."""
         token = str(uuid.uuid4())
         started = time.monotonic()
         staged = self.stage(batch, token, documents)
         staged_at = time.monotonic()
-        upserted, deleted, actions, dead_letters = {}, {}, [], 0
+        merged = None
         if staged:
             params = {"token": token, "batch_id": batch_id, "kind": DEAD_LETTER, "stale_after": STALE_STAGE_AFTER}
-            with self.connect() as connection, connection.cursor() as cursor:
-                cursor.execute(self._winners, params)
-                for entity, statements in self._entity_statements.items():
-                    cursor.execute(statements["record_deletions"], {"entity": entity.name})
-                actions = cursor.execute(self._index_actions).fetchall()
-                if on_index_actions and actions:
-                    on_index_actions(actions)
-                for entity, statements in self._entity_statements.items():
-                    cursor.execute(statements["delete_tombstoned"], {"entity": entity.name})
-                    deleted[entity.name] = cursor.rowcount
-                    cursor.execute(statements["upsert"], {"entity": entity.name})
-                    upserted[entity.name] = cursor.rowcount
-                cursor.execute(self._dead_letters, params)
-                dead_letters = cursor.rowcount
-                cursor.execute(self._clear, params)
+            with self.connect() as connection:
+                merged = self.merge(connection, params, index)
             # Leaving the `with` block committed the transaction.
-        return MergeResult(staged, upserted, deleted, dead_letters, len(actions),
+        upserted, deleted, dead_letters, refused, actions = merged or ({}, {}, 0, {}, 0)
+        return MergeResult(staged, upserted, deleted, dead_letters, refused, actions,
                            round(staged_at - started, 3), round(time.monotonic() - staged_at, 3))
+
+    def merge(self, connection: psycopg.Connection, params: dict,
+              index: Callable[[Iterator[IndexAction]], Sequence[Refusal]] | None):
+        """The merge transaction of one staged batch (see the module docstring): upserted, deleted, dead letters,
+        refused per sink, index actions."""
+        with connection.cursor() as cursor:
+            winners = cursor.execute(self._winners, params).rowcount
+            cursor.execute("SAVEPOINT merge")
+            merged = self._apply(cursor, winners)
+            refused_by_postgres = 0
+            while merged.refused:  # each pass refuses at least one more row, so this ends
+                refused_by_postgres += len(merged.refused)
+                self._restart(cursor, [(self._refuse_row, {"n": n, "reason": reason}) for n, reason in merged.refused])
+                merged = self._apply(cursor, winners)
+            actions, refused_by_elasticsearch = 0, []
+            if index:
+                actions, refused_by_elasticsearch = self._index(connection, index)
+            if refused_by_elasticsearch:
+                kinds, ids, reasons = (list(column) for column in zip(*refused_by_elasticsearch))
+                self._restart(cursor, [(self._refuse_documents, {"kinds": kinds, "ids": ids, "reasons": reasons})])
+                merged = self._apply(cursor, winners)
+                if merged.refused:
+                    # Elasticsearch already holds these rows: the batch fails and is replayed rather than split.
+                    raise RuntimeError(f"the merge refused other rows when redone: {merged.refused[:3]}")
+            cursor.execute(self._dead_letters, params)
+            dead_letters = cursor.rowcount
+            cursor.execute(self._refused_dead_letters, params)
+            dead_letters += cursor.rowcount
+            cursor.execute(self._clear, params)
+        refused = {"postgres": refused_by_postgres, "elasticsearch": len(refused_by_elasticsearch)}
+        return merged.upserted, merged.deleted, dead_letters, refused, actions
+
+    def _restart(self, cursor, refusals: list[tuple[str, dict]]) -> None:
+        """Undo the entity statements, mark refused winners outside the savepoint, and set it again."""
+        cursor.execute("ROLLBACK TO SAVEPOINT merge")
+        cursor.execute("RELEASE SAVEPOINT merge")
+        for statement, params in refusals:
+            cursor.execute(statement, params)
+        cursor.execute("SAVEPOINT merge")
+
+    def _apply(self, cursor, winners: int) -> _Pass:
+        merged = _Pass({}, {}, [])
+        for entity, statements in self._entity_statements.items():
+            params = {"entity": entity.name}
+            self._isolating(cursor, statements["record_deletions"], params, 1, winners, merged.refused)
+            merged.deleted[entity.name] = self._isolating(
+                cursor, statements["delete_tombstoned"], params, 1, winners, merged.refused)
+            merged.upserted[entity.name] = self._isolating(
+                cursor, statements["upsert"], params, 1, winners, merged.refused)
+        return merged
+
+    def _isolating(self, cursor, statement: str, params: dict, lo: int, hi: int,
+                   refused: list[tuple[int, str]]) -> int:
+        """Run `statement` on winners lo..hi; when Postgres refuses a row of them for its data, bisect the range
+        under savepoints and add each refused winner to `refused`. Returns the rows the statement changed."""
+        if lo > hi:
+            return 0
+        cursor.execute("SAVEPOINT isolate")
+        try:
+            cursor.execute(statement, {**params, "lo": lo, "hi": hi})
+        except psycopg.Error as error:
+            if not refused_for_data(error):
+                raise
+            cursor.execute("ROLLBACK TO SAVEPOINT isolate")
+            cursor.execute("RELEASE SAVEPOINT isolate")
+            if lo == hi:
+                refused.append((lo, refusal_reason("postgres", f"{error.sqlstate} {error}")))
+                return 0
+            middle = (lo + hi) // 2
+            return (self._isolating(cursor, statement, params, lo, middle, refused)
+                    + self._isolating(cursor, statement, params, middle + 1, hi, refused))
+        changed = cursor.rowcount
+        cursor.execute("RELEASE SAVEPOINT isolate")
+        return changed
+
+    def _index(self, connection: psycopg.Connection,
+               index: Callable[[Iterator[IndexAction]], Sequence[Refusal]]) -> tuple[int, list[Refusal]]:
+        """Stream the index actions to `index` through a server-side cursor (the driver never holds them all)."""
+        counted = 0
+        with connection.cursor(name="index_actions") as actions:
+            actions.itersize = INDEX_ACTIONS_PER_FETCH
+            actions.execute(self._index_actions)
+
+            def each_action() -> Iterator[IndexAction]:
+                nonlocal counted
+                for row in actions:
+                    counted += 1
+                    yield row
+
+            refused = list(index(each_action()))
+        return counted, refused

@@ -45,7 +45,8 @@ def index_actions(values) -> list[tuple]:
 @pytest.fixture
 def write(sink, es):
     def run(values):
-        counts = sink.write(index_actions(values))
+        counts, refused = sink.write(index_actions(values))
+        assert refused == []
         es.indices.refresh(index=",".join(sink.index_name(e) for e in ENTITIES))
         return counts
 
@@ -118,11 +119,26 @@ def _write(es_url: str, rows: list[dict], max_retries: int = 3, initial_backoff:
                             max_backoff=1.0)
 
 
-def test_an_item_rejected_by_the_mapping_fails_the_partition(settings, sink):
-    index = sink.index_name(LEAD)
-    rows = [_row(index, "a", {"nome": "ok"}), _row(index, "b", {"score_qualificacao": "not a number"})]
-    with pytest.raises(E.BulkItemError, match="status 400"):
-        _write(settings.es_url, rows)
+def test_an_item_refused_by_the_mapping_is_returned_and_the_others_land(es, sink):
+    good, bad = lead_message(), lead_message(score_qualificacao="not a number")
+    rows = index_actions([good])
+    rows.append(("lead", bad["id"], micros(bad["updated_at"]), False, json.dumps(bad, default=str)))
+    counts, refused = sink.write(rows)
+    assert counts == {"indexed": 1, "refused": 1}
+    assert [(kind, record_id) for kind, record_id, _ in refused] == [("lead", bad["id"])]
+    assert refused[0][2].startswith("sink_refused: elasticsearch: document_parsing_exception")
+    assert es.exists(index=sink.index_name(LEAD), id=good["id"])
+    assert not es.exists(index=sink.index_name(LEAD), id=bad["id"])
+
+
+def test_requests_are_bounded_by_bytes_as_well_as_by_count():
+    actions = [{"_source": "x" * 400} for _ in range(10)]
+    groups = list(E.chunks(iter(actions), max_actions=4, max_bytes=1000))
+    assert [len(group) for group in groups] == [2, 2, 2, 2, 2]
+    assert [len(group) for group in E.chunks(iter(actions), max_actions=3, max_bytes=10_000)] == [3, 3, 3, 1]
+    # A single document larger than the limit still goes, alone.
+    assert [len(g) for g in E.chunks(iter([{"_source": "x" * 5000}, {"_id": "d"}]), max_actions=4, max_bytes=1000)] \
+        == [1, 1]
 
 
 class ScriptedBulk:
@@ -177,7 +193,7 @@ class ScriptedBulk:
 def test_429_and_5xx_items_are_retried_with_backoff():
     rows = [_row("leads", f"id-{n}", {"nome": str(n)}) for n in range(5)]
     with ScriptedBulk([429, 503, 201]) as bulk:
-        assert _write(bulk.url, rows, initial_backoff=0.2) == {"indexed": 5}
+        assert _write(bulk.url, rows, initial_backoff=0.2).counts == {"indexed": 5}
     assert [n for _, n in bulk.requests] == [5, 5, 5]
     waits = [later - earlier for (earlier, _), (later, _) in zip(bulk.requests, bulk.requests[1:])]
     assert waits[0] >= 0.2 and waits[1] >= 0.4  # exponential backoff
@@ -197,6 +213,9 @@ def test_retries_running_out_fail_the_partition():
     (False, {"index": {"status": 409, "error": {"type": "version_conflict_engine_exception"}}}, "stale"),
     (False, {"delete": {"status": 409, "error": {"type": "version_conflict_engine_exception"}}}, "stale"),
     (False, {"delete": {"status": 404, "result": "not_found"}}, "absent"),
+    (False, {"index": {"status": 400, "error": {"type": "mapper_parsing_exception"}}}, "refused"),
+    (False, {"index": {"status": 400, "error": {"type": "document_parsing_exception"}}}, "refused"),
+    (False, {"index": {"status": 400, "error": {"type": "illegal_argument_exception"}}}, "refused"),
 ])
 def test_item_outcomes(ok, item, expected):
     assert E.outcome(ok, item) == expected
@@ -206,7 +225,9 @@ def test_item_outcomes(ok, item, expected):
     {"index": {"status": 404, "error": {"type": "index_not_found_exception"}}},
     {"index": {"status": 409, "error": {"type": "some_other_conflict"}}},
     {"index": {"status": 429, "error": {"type": "es_rejected_execution_exception"}}},
-    {"index": {"status": 400, "error": {"type": "mapper_parsing_exception"}}},
+    {"index": {"status": 503, "error": {"type": "unavailable_shards_exception"}}},
+    {"index": {"status": 403, "error": {"type": "cluster_block_exception"}}},
+    {"index": {"status": 400, "error": {"type": "index_closed_exception"}}},
 ])
 def test_other_item_failures_raise(item):
     with pytest.raises(E.BulkItemError):

@@ -34,6 +34,16 @@ def test_every_option_is_read(tmp_path):
         == {"processingTime": "500 milliseconds"}
 
 
+def test_the_byte_budget_lowers_the_offsets_per_trigger(tmp_path):
+    config = JobConfig(checkpoint_root=tmp_path, max_offsets_per_trigger=50_000, max_payload_bytes=256 * 1024,
+                       max_bytes_per_trigger=1024 ** 3)
+    assert config.offsets_per_trigger == 4_096  # 1 GB of messages of the largest accepted size
+    assert parse_args(["--checkpoint-root", "c", "--max-bytes-per-trigger", "1000000000000"]).offsets_per_trigger \
+        == 50_000
+    assert parse_args(["--checkpoint-root", "c", "--max-bytes-per-trigger", "1", "--max-payload-bytes", "10"]) \
+        .offsets_per_trigger == 1
+
+
 @pytest.mark.parametrize("arguments, named", [
     ([], "--checkpoint-root"),
     (["--trigger", "every minute"], "--trigger"),
@@ -41,6 +51,7 @@ def test_every_option_is_read(tmp_path):
     (["--trigger", "processing-time=10 fortnights"], "--trigger"),
     (["--max-offsets-per-trigger", "0"], "--max-offsets-per-trigger"),
     (["--max-payload-bytes", "-1"], "--max-payload-bytes"),
+    (["--max-bytes-per-trigger", "0"], "--max-bytes-per-trigger"),
     (["--min-batches-to-retain", "0"], "--min-batches-to-retain"),
     (["--max-version-skew-seconds", "-1"], "--max-version-skew-seconds"),
     (["--starting-offsets", "yesterday"], "--starting-offsets"),
