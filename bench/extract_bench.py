@@ -23,11 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from include.connections import pg_session  # noqa: E402
 from include.entities import LEAD  # noqa: E402
 from include.extract.config import ExtractConfig  # noqa: E402
 from include.extract.demo_data import DemoSize, generate  # noqa: E402
 from include.extract.extractor import RunOptions  # noqa: E402
-from include.extract.service import Endpoints, connect_postgres, run_extraction  # noqa: E402
+from include.extract.service import Endpoints, run_extraction  # noqa: E402
 from include.schema import apply_sql, quote_ident, source_ddl, warehouse_ddl  # noqa: E402
 from include.settings import load_settings  # noqa: E402
 
@@ -56,19 +57,19 @@ def main(argv: list[str] | None = None) -> dict:
     settings = load_settings()
     name = f"bench_{uuid.uuid4().hex[:12]}"
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="extract-bench")
-    source_admin = connect_postgres(settings, settings.pg_source_db)
-    warehouse_admin = connect_postgres(settings, settings.pg_warehouse_db)
+    source_admin = pg_session(settings, settings.pg_source_db)
+    warehouse_admin = pg_session(settings, settings.pg_warehouse_db)
     source_admin.autocommit = warehouse_admin.autocommit = True
     try:
         admin.create_topics([NewTopic(name, num_partitions=settings.kafka_partitions, replication_factor=1)])
         for connection in (source_admin, warehouse_admin):
             connection.execute(f"CREATE SCHEMA {quote_ident(name)}")
-        with connect_postgres(settings, settings.pg_source_db) as connection:
+        with pg_session(settings, settings.pg_source_db) as connection:
             apply_sql(connection, source_ddl(schema=name))
             started = time.perf_counter()
             generate(connection, DemoSize(args.rows, sessions_per_lead=0), schema=name, seed=1)
             generate_s = time.perf_counter() - started
-        with connect_postgres(settings, settings.pg_warehouse_db, name) as connection:
+        with pg_session(settings, settings.pg_warehouse_db, name) as connection:
             apply_sql(connection, warehouse_ddl())
         source_admin.execute(f"ANALYZE {quote_ident(name)}.{quote_ident(LEAD.source_table)}")
 

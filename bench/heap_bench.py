@@ -20,7 +20,8 @@ from pathlib import Path
 
 from bench import pipeline
 from bench.monitor import Monitor
-from bench.scratch import Scratch, connect, produce
+from bench.scratch import Scratch, produce
+from include.connections import warehouse_session
 from include.contract import encode, message_key, record_message
 from include.entities import LEAD
 from include.schema import quote_ident
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             produce(settings, topic, large_leads(args.events, args.message_bytes), chunk=200)
             schema, run, heap = pipeline.run_available_now(settings, scratch, "heap", topic, log_dir, monitor,
                                                            None, args.timeout_s)
-            with connect(settings) as connection:
+            with warehouse_session(settings) as connection:
                 rows = connection.execute(f"SELECT count(*) FROM {quote_ident(schema)}.leads").fetchone()[0]
                 dead = connection.execute(f"SELECT count(*) FROM {quote_ident(schema)}.dead_letters").fetchone()[0]
     finally:

@@ -16,7 +16,8 @@ import time
 from typing import Callable
 
 from bench.data import Dataset
-from bench.scratch import Scratch, connect
+from bench.scratch import Scratch
+from include.connections import warehouse_session
 from include.entities import ENTITIES
 from include.schema import quote_ident
 
@@ -47,7 +48,7 @@ class Visibility:
     """Pending events by id; a poller thread marks them visible as their rows commit."""
 
     def __init__(self, settings, schema: str, poll_s: float = 0.1):
-        self.connection = connect(settings, autocommit=True)
+        self.connection = warehouse_session(settings, autocommit=True)
         self.schema = schema
         self.poll_s = poll_s
         self.by_table = {entity.table: entity for entity in ENTITIES}
@@ -147,7 +148,7 @@ def measure(settings, scratch: Scratch, dataset: Dataset, launch: Callable, rate
         raise ValueError(f"the data set has {len(dataset)} events: too few to offer {rate}/s for a second")
     warmup, offered = dataset.head(1), Dataset(dataset.messages[1:events + 1], {})
     schema = scratch.pg_schema("latency")
-    with connect(settings, autocommit=True) as admin:
+    with warehouse_session(settings, autocommit=True) as admin:
         for statement in visibility_ddl(schema):
             admin.execute(statement)
     topic = scratch.topic("latency")

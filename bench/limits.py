@@ -16,7 +16,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from bench.data import Dataset
-from bench.scratch import Landed, Scratch, connect, es_landed
+from bench.scratch import Landed, Scratch, es_landed
+from include.connections import warehouse_session
 from include.entities import ENTITIES, Entity
 from include.schema import STREAM_STAGE_TABLE, render_sql_macro
 from spark.sinks.postgres import STALE_STAGE_AFTER, WINNERS_TABLE, copy_statement
@@ -44,7 +45,7 @@ def _staged_rows(documents: list[tuple], entity: Entity, token: str) -> list[tup
 def _load_entity(settings, schema: str, entity: Entity, token: str, rows: list[tuple]) -> dict:
     params = {"token": token, "entity": entity.name, "stale_after": STALE_STAGE_AFTER}
     timings = {}
-    with connect(settings, schema) as connection:
+    with warehouse_session(settings, schema) as connection:
         started = time.perf_counter()
         with connection.cursor() as cursor:
             with cursor.copy(copy_statement()) as copy:

@@ -21,10 +21,11 @@ from typing import Callable
 from bench.data import Dataset, EventGenerator
 from bench.job import Driver
 from bench.monitor import Monitor
-from bench.scratch import Landed, Scratch, connect, es_landed, produce
+from bench.scratch import Landed, Scratch, es_landed, produce
+from include.connections import warehouse_session
 from include.entities import ENTITIES
 from include.schema import quote_ident
-from spark.streaming_job import AVAILABLE_NOW, PROCESSING_TIME
+from spark.job_spec import AVAILABLE_NOW, processing_time
 
 JOB_MODULE = "spark.streaming_job"
 
@@ -45,7 +46,7 @@ def job_args(settings, scratch: Scratch, label: str, topic: str, schema: str, tr
 def processing_seconds(settings, schema: str, query_name: str) -> dict:
     """Batches, rows and processing time of a query from its heartbeats: each batch's rows over its rate is the
     time Spark reports the batch took (triggerExecution)."""
-    with connect(settings) as connection:
+    with warehouse_session(settings) as connection:
         rows = connection.execute(
             f"SELECT batch_id, input_rows, rows_per_second FROM {quote_ident(schema)}.stream_heartbeats "
             f"WHERE query_name = %s AND input_rows > 0 ORDER BY batch_id", [query_name]).fetchall()
@@ -117,7 +118,7 @@ def launcher(settings, scratch: Scratch, log_dir: Path, monitor: Monitor) -> Cal
     """Starts the job with a processing-time trigger (for the latency run); returns its Driver."""
 
     def launch(label: str, topic: str, schema: str, indices: dict, trigger_interval: str) -> Driver:
-        args = job_args(settings, scratch, label, topic, schema, f"{PROCESSING_TIME}{trigger_interval}")
+        args = job_args(settings, scratch, label, topic, schema, processing_time(trigger_interval))
         return Driver(label, JOB_MODULE, args, log_dir / f"{scratch.name(label)}.log", monitor, heap=True)
 
     return launch
@@ -140,7 +141,7 @@ def backlog(settings, scratch: Scratch, events: int, seed: int, max_offsets_per_
         produce(settings, topic, pairs(), bar)
     schema, run, heap = run_available_now(settings, scratch, "backlog", topic, log_dir, monitor,
                                           max_offsets_per_trigger, timeout_s)
-    with connect(settings) as connection:
+    with warehouse_session(settings) as connection:
         rows = {entity.name: connection.execute(
             f"SELECT count(*) FROM {quote_ident(schema)}.{quote_ident(entity.table)}").fetchone()[0]
             for entity in ENTITIES}

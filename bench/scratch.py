@@ -12,18 +12,10 @@ import uuid
 from contextlib import ExitStack
 from typing import Iterable
 
+from include.connections import warehouse_session
 from include.entities import ENTITIES, Entity
-from include.extract.service import connect_postgres
 from include.schema import apply_sql, ensure_index, quote_ident, warehouse_ddl
 from include.settings import Settings
-
-
-
-def connect(settings: Settings, schema: str | None = None, autocommit: bool = False):
-    """A warehouse connection carrying the statement timeout, scoped to `schema` when given."""
-    connection = connect_postgres(settings, settings.pg_warehouse_db, schema)
-    connection.autocommit = autocommit
-    return connection
 
 
 class Scratch:
@@ -43,15 +35,15 @@ class Scratch:
 
     def pg_schema(self, label: str) -> str:
         schema = self.name(label)
-        with connect(self.settings, autocommit=True) as admin:
+        with warehouse_session(self.settings, autocommit=True) as admin:
             admin.execute(f"CREATE SCHEMA {quote_ident(schema)}")
         self._cleanup.callback(self._drop_schema, schema)
-        with connect(self.settings, schema) as scoped:
+        with warehouse_session(self.settings, schema) as scoped:
             apply_sql(scoped, warehouse_ddl())
         return schema
 
     def _drop_schema(self, schema: str) -> None:
-        with connect(self.settings, autocommit=True) as admin:
+        with warehouse_session(self.settings, autocommit=True) as admin:
             admin.execute(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
 
     def es_indices(self, label: str) -> dict[str, str]:
@@ -113,7 +105,7 @@ class Landed:
     one join per entity."""
 
     def __init__(self, settings: Settings, newest: dict[str, dict[str, str]]):
-        self.connection = connect(settings, autocommit=True)
+        self.connection = warehouse_session(settings, autocommit=True)
         self.expected = {name: len(ids) for name, ids in newest.items()}
         self.connection.execute(
             "CREATE TEMPORARY TABLE bench_expected (entity text, id uuid, version timestamptz, "

@@ -39,11 +39,12 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.sdk import Param, dag, task
-from streaming_supervisor import PROCESSING_TIME, TRIGGERS, SupervisedSparkSubmitOperator
+from streaming_supervisor import SupervisedSparkSubmitOperator
 
 from include.connections import SPARK_CONN_ID
 from include.orchestration.assets import STREAM_RELEASE, kafka_topic, sink_assets
 from include.orchestration.dag_defaults import dag_arguments
+from spark.job_spec import PROCESSING_TIME, TRIGGER_KINDS
 
 
 @dag(
@@ -52,7 +53,7 @@ from include.orchestration.dag_defaults import dag_arguments
     doc_md=__doc__,
     # A driver that keeps crashing gets a minute before the next attempt, doubling up to the default cap.
     **dag_arguments(tags=["streaming", "spark", "supervisor"], retry_delay=dt.timedelta(minutes=1)),
-    params={"trigger": Param(PROCESSING_TIME, enum=list(TRIGGERS),
+    params={"trigger": Param(PROCESSING_TIME, enum=list(TRIGGER_KINDS),
                              description="processing-time: run until stopped; available-now: catch up, then end")},
 )
 def stream_supervisor():

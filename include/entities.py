@@ -20,19 +20,24 @@ TEXT_ARRAY_MAX_ITEMS = 10_000
 # range, so any reader can take them as numbers, and to 100 significant digits.
 JSON_NUMBER_MAX_DIGITS = 100
 JSON_NUMBER_MAX_EXPONENT = 308
-# numeric columns as Spark reads them, decimal(38,9): their largest value (< 1e29) is far inside a double's range, so
-# Elasticsearch's `double` holds every value Postgres and Spark do (to a double's precision).
+# numeric values as the validator bounds them, decimal(38,9): their largest value (< 1e29) is far inside a double's
+# range, so Elasticsearch's `double` holds every value Postgres does (to a double's precision).
 NUMERIC_PRECISION, NUMERIC_SCALE = 38, 9
 
 
 @dataclass(frozen=True)
 class FieldType:
-    """One logical type's rules in one row: how Postgres stores it, how Spark reads it, how Elasticsearch maps it, and
-    the limits a value keeps so that both sinks accept it (spark/validation.py checks them)."""
+    """One logical type's rules in one row: how Postgres stores it, how Elasticsearch maps it, how the extraction
+    encodes it, and the limits a value keeps so that both sinks accept it (spark/validation.py checks them)."""
 
     pg_type: str
-    spark_type: str
     es_mapping: dict
+    # The extraction's page query hands the value over as text that is already the contract's JSON value (uuid,
+    # jsonb), or as a native value (False).
+    extract_as_text: bool = False
+    # The extraction's fast path (msgspec, include/extract/encoding.py) writes the value exactly as the contract's
+    # encoder does; an entity with a field of a type that has False here is extracted row by row (slower).
+    extract_fast_path: bool = True
     max_bytes: int | None = None  # UTF-8 bytes of a string, or of each item of an array
     max_items: int | None = None  # items of an array
     value_range: range | None = None  # integers
@@ -44,24 +49,23 @@ class FieldType:
 
 TYPES: dict[str, FieldType] = {
     # 36 characters by its format.
-    "uuid": FieldType("uuid", "string", {"type": "keyword"}),
+    "uuid": FieldType("uuid", {"type": "keyword"}, extract_as_text=True),
     # Any length: analysed text has no term limit and `.raw` skips values over 256 characters.
-    "text": FieldType("text", "string",
-                      {"type": "text", "fields": {"raw": {"type": "keyword", "ignore_above": 256}}}),
-    "keyword": FieldType("text", "string", {"type": "keyword"}, max_bytes=KEYWORD_MAX_BYTES),
+    "text": FieldType("text", {"type": "text", "fields": {"raw": {"type": "keyword", "ignore_above": 256}}}),
+    "keyword": FieldType("text", {"type": "keyword"}, max_bytes=KEYWORD_MAX_BYTES),
     # Each item is one keyword term.
-    "text[]": FieldType("text[]", "array<string>", {"type": "keyword"}, max_bytes=KEYWORD_MAX_BYTES,
-                        max_items=TEXT_ARRAY_MAX_ITEMS),
+    "text[]": FieldType("text[]", {"type": "keyword"}, max_bytes=KEYWORD_MAX_BYTES, max_items=TEXT_ARRAY_MAX_ITEMS),
     # Kept whole in _source, not indexed: its shape varies by client and must not break the mapping.
-    "jsonb": FieldType("jsonb", "string", {"type": "object", "enabled": False},
+    "jsonb": FieldType("jsonb", {"type": "object", "enabled": False}, extract_as_text=True,
                        max_number_digits=JSON_NUMBER_MAX_DIGITS, max_number_exponent=JSON_NUMBER_MAX_EXPONENT),
     # 32 bits in both sinks.
-    "integer": FieldType("integer", "int", {"type": "integer"}, value_range=range(-2**31, 2**31)),
-    "numeric": FieldType("numeric", f"decimal({NUMERIC_PRECISION},{NUMERIC_SCALE})", {"type": "double"},
+    "integer": FieldType("integer", {"type": "integer"}, value_range=range(-2**31, 2**31)),
+    # The fast path would turn a Decimal into a float (or NaN): numeric goes the row-by-row way.
+    "numeric": FieldType("numeric", {"type": "double"}, extract_fast_path=False,
                          precision=NUMERIC_PRECISION, scale=NUMERIC_SCALE),
-    "boolean": FieldType("boolean", "boolean", {"type": "boolean"}),
+    "boolean": FieldType("boolean", {"type": "boolean"}),
     # Years 1 to 9999 in UTC (Python's range), inside Postgres's and Elasticsearch's.
-    "timestamptz": FieldType("timestamptz", "timestamp", {"type": "date"}),
+    "timestamptz": FieldType("timestamptz", {"type": "date"}),
 }
 
 
@@ -81,10 +85,6 @@ class Field:
     @property
     def pg_type(self) -> str:
         return self.rules.pg_type
-
-    @property
-    def spark_type(self) -> str:
-        return self.rules.spark_type
 
     @property
     def es_mapping(self) -> dict:
@@ -108,12 +108,19 @@ class Entity:
     sink_columns: tuple[Field, ...] = field(default=(Field("processado_em", "timestamptz"),))
 
     def __post_init__(self):
+        """The contract the rest of the code relies on, checked when the registry is imported: the message key, the
+        staging table's `id uuid` and `version timestamptz` columns, the sinks' newest-wins and the extraction's
+        keyset cursor all assume a uuid key named `id` and a timestamptz version."""
         names = [f.name for f in self.fields]
         if len(names) != len(set(names)):
             raise ValueError(f"entity {self.name}: duplicate field names")
         for column in (self.key, self.version_column):
             if column not in names:
                 raise ValueError(f"entity {self.name}: {column!r} is not one of its fields")
+        if self.key != "id" or self.key_field.type != "uuid":
+            raise ValueError(f"entity {self.name}: the key must be a uuid field named 'id'")
+        if self.version_field.type != "timestamptz":
+            raise ValueError(f"entity {self.name}: version column {self.version_column!r} must be a timestamptz")
 
     @property
     def field_names(self) -> tuple[str, ...]:
@@ -124,27 +131,21 @@ class Entity:
         """Every column of the warehouse table: the contract's fields, then the sink's."""
         return self.fields + self.sink_columns
 
+    def index_name(self, prefix: str = "") -> str:
+        """Its Elasticsearch index; a prefix keeps a deployment's (or a test's) indices apart."""
+        return f"{prefix}_{self.index}" if prefix else self.index
+
     @property
     def key_field(self) -> Field:
         return next(f for f in self.fields if f.name == self.key)
 
     @property
+    def version_field(self) -> Field:
+        return next(f for f in self.fields if f.name == self.version_column)
+
+    @property
     def required_fields(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields if f.required or f.name in (self.key, self.version_column))
-
-    def spark_schema(self):
-        """The message schema as a StructType (pyspark imported here so DAG parsing never loads it)."""
-        from pyspark.sql import types as T
-
-        spark_types = {
-            "string": T.StringType(),
-            "array<string>": T.ArrayType(T.StringType()),
-            "int": T.IntegerType(),
-            TYPES["numeric"].spark_type: T.DecimalType(NUMERIC_PRECISION, NUMERIC_SCALE),
-            "boolean": T.BooleanType(),
-            "timestamp": T.TimestampType(),
-        }
-        return T.StructType([T.StructField(f.name, spark_types[f.spark_type], nullable=True) for f in self.fields])
 
     def es_mappings(self) -> dict:
         properties = {f.name: f.es_mapping for f in self.columns}

@@ -78,11 +78,10 @@ def search_leads(
 
     from include.entities import LEAD
     from include.orchestration.config import StreamOpsConfig
-    from include.orchestration.observe import es_index
 
     config = StreamOpsConfig.load()
     with closing(Elasticsearch(config.settings.es_url, request_timeout=30)) as es:
-        response = es.search(index=es_index(LEAD, config.es_index_prefix), size=limit,
+        response = es.search(index=LEAD.index_name(config.es_index_prefix), size=limit,
                              query={"multi_match": {"query": query, "fields": list(SEARCH_FIELDS),
                                                     "lenient": True}})
     hits = response["hits"]

@@ -148,28 +148,30 @@ class Settings(BaseSettings):
 
     def airflow_connections(self) -> dict[str, str]:
         """`AIRFLOW_CONN_*` variables for every connection the DAGs name, as JSON."""
+        from include import connections as ids
+
         connections = {
-            "AIRFLOW_CONN_WAREHOUSE_POSTGRES": self._pg_connection(
+            ids.WAREHOUSE_CONN_ID: self._pg_connection(
                 self.pg_warehouse_db, "BI warehouse: leads, chat_sessions, eventos_raw"
             ),
-            "AIRFLOW_CONN_SUPABASE_POSTGRES": self._pg_connection(
+            ids.SUPABASE_DB_CONN_ID: self._pg_connection(
                 self.pg_source_db, "Supabase database (local stand-in by default)"
             ),
-            "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps(
+            ids.SPARK_CONN_ID: json.dumps(
                 {"conn_type": "spark", "host": self.spark_master, "extra": {"deploy-mode": "client"}}
             ),
-            "AIRFLOW_CONN_ELASTICSEARCH_DEFAULT": json.dumps(
+            ids.ELASTICSEARCH_CONN_ID: json.dumps(
                 {"conn_type": "elasticsearch", "host": self.es_host, "port": self.es_port, "schema": "http"}
             ),
-            "AIRFLOW_CONN_KAFKA_DEFAULT": json.dumps(
+            ids.KAFKA_CONN_ID: json.dumps(
                 {"conn_type": "kafka", "extra": {"bootstrap.servers": self.kafka_bootstrap}}
             ),
         }
         if self.supabase_url:
-            connections["AIRFLOW_CONN_SUPABASE_API"] = json.dumps(
+            connections[ids.SUPABASE_API_CONN_ID] = json.dumps(
                 {"conn_type": "http", "host": self.supabase_url, "password": self.supabase_key}
             )
-        return connections
+        return {f"AIRFLOW_CONN_{conn_id.upper()}": value for conn_id, value in connections.items()}
 
     def airflow_environment(self) -> dict[str, str]:
         """Environment for any `airflow` command run against the local stack."""

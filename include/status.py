@@ -12,9 +12,9 @@ from contextlib import ExitStack, closing
 
 
 def pipeline_status() -> dict:
-    import psycopg
     from elasticsearch import Elasticsearch
 
+    from include.connections import source_session, warehouse_session
     from include.orchestration.config import StreamOpsConfig
     from include.orchestration.health import classify_job_health
     from include.orchestration.observe import gather_quality_counts, observe_job
@@ -24,8 +24,8 @@ def pipeline_status() -> dict:
     settings = config.settings
     thresholds = QualityThresholds.load()
     with ExitStack() as stack:
-        warehouse = stack.enter_context(psycopg.connect(settings.pg_dsn(settings.pg_warehouse_db)))
-        source = stack.enter_context(psycopg.connect(settings.pg_dsn(settings.pg_source_db)))
+        warehouse = stack.enter_context(warehouse_session(settings))
+        source = stack.enter_context(source_session(settings))
         es = stack.enter_context(closing(Elasticsearch(settings.es_url, request_timeout=30)))
         counts = gather_quality_counts(
             warehouse=warehouse, source=source, es=es, bootstrap=settings.kafka_bootstrap,

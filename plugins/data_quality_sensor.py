@@ -58,12 +58,11 @@ class DataQualitySensor(BaseSensorOperator):
     def _report(self):
         from contextlib import ExitStack, closing
 
-        from include.connections import elasticsearch_client, postgres_connection
+        from include.connections import elasticsearch_client, kafka_bootstrap, postgres_connection
         from include.entities import BY_NAME, ENTITIES
         from include.orchestration.config import StreamOpsConfig
         from include.orchestration.observe import gather_quality_counts
         from include.orchestration.quality import QualityThresholds, evaluate_quality
-        from include.orchestration.tasks import kafka_bootstrap
 
         config = StreamOpsConfig.load()
         thresholds = QualityThresholds.load(**(self.thresholds or {}))

@@ -24,10 +24,8 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from include.connections import SPARK_CONN_ID
 from include.orchestration import driver_lock
+from spark.job_spec import AVAILABLE_NOW, PROCESSING_TIME, TRIGGER_KINDS
 
-PROCESSING_TIME = "processing-time"
-AVAILABLE_NOW = "available-now"
-TRIGGERS = (PROCESSING_TIME, AVAILABLE_NOW)
 DRIVER_LOGS_KEPT = 20
 
 
@@ -99,8 +97,8 @@ class SupervisedSparkSubmitOperator(SparkSubmitOperator):
         from include.orchestration.config import StreamOpsConfig
         from include.orchestration.driver_lock import LockBusy
 
-        if self.trigger not in TRIGGERS:
-            raise AirflowFailException(f"trigger {self.trigger!r} is not one of {TRIGGERS}")
+        if self.trigger not in TRIGGER_KINDS:
+            raise AirflowFailException(f"trigger {self.trigger!r} is not one of {TRIGGER_KINDS}")
         self._ops = StreamOpsConfig.load()
         supervisor_lock = self._ops.files.supervisor_lock
         try:
@@ -160,7 +158,7 @@ class SupervisedSparkSubmitOperator(SparkSubmitOperator):
     def _run_driver(self, context):
         from include.orchestration.config import driver_environment, job_arguments, spark_conf
         from include.orchestration.supervision import DriverExit, judge_exit, restart_requested_since
-        from spark.session import connector_jars
+        from spark.job_spec import connector_jars
 
         ops, release = self._ops, self._release
         started = dt.datetime.now(dt.timezone.utc)

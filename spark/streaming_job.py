@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,18 +26,15 @@ if __package__ in (None, ""):
     # Run as a script (spark-submit spark/streaming_job.py): import the repo's packages, not spark/'s modules.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from include.contract import DEFAULT_MAX_VERSION_SKEW_SECONDS  # noqa: E402
+from include.contract import DEFAULT_MAX_VERSION_SKEW_SECONDS, MAX_PAYLOAD_BYTES  # noqa: E402
 from include.entities import ENTITIES  # noqa: E402
 from include.settings import Settings, SettingsError, load_settings  # noqa: E402
+from spark.job_spec import (AVAILABLE_NOW, DEFAULT_QUERY_NAME, check_query_name, processing_time,  # noqa: E402
+                            trigger_interval)
 
 log = logging.getLogger("spark.streaming_job")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_QUERY_NAME = "eventos_to_warehouse"
-AVAILABLE_NOW = "available-now"
-PROCESSING_TIME = "processing-time="
-_INTERVAL = re.compile(r"^\d+\s*(milliseconds?|seconds?|minutes?|hours?)$")
-_QUERY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
 class ConfigError(ValueError):
@@ -49,7 +45,7 @@ class ConfigError(ValueError):
 class JobConfig:
     checkpoint_root: Path
     query_name: str = DEFAULT_QUERY_NAME
-    trigger: str = "processing-time=30 seconds"
+    trigger: str = processing_time("30 seconds")
     max_offsets_per_trigger: int = 50_000
     # Spark 4.1's Kafka source bounds a micro-batch by offsets only (maxOffsetsPerTrigger; there is no bytes-based
     # option), so a byte budget becomes an offset bound through the largest message the job accepts: 512 MB is
@@ -60,7 +56,7 @@ class JobConfig:
     topic: str | None = None  # None: the settings' topic (PIPELINE_KAFKA_TOPIC)
     pg_schema: str | None = None
     es_index_prefix: str = ""
-    max_payload_bytes: int = 256 * 1024
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES
     max_version_skew_seconds: int = DEFAULT_MAX_VERSION_SKEW_SECONDS
     # Metadata of this many batches stays in the checkpoint: enough to rewind by hand after an incident, bounded
     # so the folder does not grow without limit. The query keeps no state, so recovery needs only the last one.
@@ -78,22 +74,18 @@ class JobConfig:
 
     def trigger_options(self) -> dict:
         """Keyword arguments of DataStreamWriter.trigger."""
-        if self.trigger == AVAILABLE_NOW:
-            return {"availableNow": True}
-        return {"processingTime": self.trigger.removeprefix(PROCESSING_TIME).strip()}
+        interval = trigger_interval(self.trigger)
+        return {"availableNow": True} if interval is None else {"processingTime": interval}
 
     def validate(self) -> "JobConfig":
         if not str(self.checkpoint_root).strip():
             raise ConfigError("--checkpoint-root is required")
-        if not _QUERY_NAME.match(self.query_name):
-            raise ConfigError(f"--query-name {self.query_name!r}: letters, digits, '_' and '-' only "
-                              "(it names the checkpoint folder)")
-        if self.trigger != AVAILABLE_NOW and not (
-            self.trigger.startswith(PROCESSING_TIME)
-            and _INTERVAL.match(self.trigger.removeprefix(PROCESSING_TIME).strip())
-        ):
-            raise ConfigError(f"--trigger {self.trigger!r}: expected '{AVAILABLE_NOW}' or "
-                              f"'{PROCESSING_TIME}<n> <milliseconds|seconds|minutes|hours>'")
+        for option, check, value in (("--query-name", check_query_name, self.query_name),
+                                     ("--trigger", trigger_interval, self.trigger)):
+            try:
+                check(value)
+            except ValueError as error:
+                raise ConfigError(f"{option}: {error}") from None
         for name in ("max_offsets_per_trigger", "max_bytes_per_trigger", "max_payload_bytes",
                      "min_batches_to_retain"):
             if getattr(self, name) <= 0:
@@ -107,7 +99,7 @@ class JobConfig:
                 raise ConfigError(f"--starting-offsets {self.starting_offsets!r}: expected earliest, latest or "
                                   "a JSON object of offsets per topic and partition") from None
         if self.pg_schema:
-            from spark.sinks.postgres import check_schema_name
+            from include.connections import check_schema_name
 
             try:
                 check_schema_name(self.pg_schema)
@@ -125,7 +117,7 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
                         help="folder of the query checkpoints (one subfolder per query name); no default on purpose")
     parser.add_argument("--query-name", default=defaults.query_name)
     parser.add_argument("--trigger", default=defaults.trigger,
-                        help=f"'{AVAILABLE_NOW}' or '{PROCESSING_TIME}<n> <unit>' (default: %(default)s)")
+                        help=f"'{AVAILABLE_NOW}' or '{processing_time('<n> <unit>')}' (default: %(default)s)")
     parser.add_argument("--max-offsets-per-trigger", type=int, default=defaults.max_offsets_per_trigger)
     parser.add_argument("--max-bytes-per-trigger", type=int, default=defaults.max_bytes_per_trigger,
                         help="byte budget of a micro-batch: batches hold at most this over --max-payload-bytes "
@@ -204,9 +196,9 @@ def run(spark, config: JobConfig, settings: Settings) -> None:
     from pyspark.errors import StreamingQueryException
 
     from spark.heartbeat import HeartbeatListener
-    from spark.sinks.postgres import connect
+    from include.connections import warehouse_session
 
-    listener = HeartbeatListener(lambda: connect(settings, config.pg_schema))
+    listener = HeartbeatListener(lambda: warehouse_session(settings, config.pg_schema))
     spark.streams.addListener(listener)
     try:
         for attempt in (1, 2):

@@ -61,14 +61,14 @@ def init_airflow(settings) -> None:
 
 
 def apply_schema(settings) -> None:
-    import psycopg
     from elasticsearch import Elasticsearch
 
+    from include.connections import source_session, warehouse_session
     from include.schema import apply_sql, ensure_indices, source_ddl, warehouse_ddl
 
-    with psycopg.connect(settings.pg_dsn(settings.pg_warehouse_db)) as connection:
+    with warehouse_session(settings) as connection:
         apply_sql(connection, warehouse_ddl())
-    with psycopg.connect(settings.pg_dsn(settings.pg_source_db)) as connection:
+    with source_session(settings) as connection:
         apply_sql(connection, source_ddl())
     es = Elasticsearch(settings.es_url, request_timeout=30)
     ensure_indices(es)

@@ -48,12 +48,12 @@ def topic_size(settings) -> int:
 
 def prepare_source(settings) -> tuple[str, int | None]:
     """Seed the stand-in, or change it; returns a description and the number of rows changed (None: seeded)."""
+    from include.connections import pg_session
     from include.entities import LEAD
     from include.extract.demo_data import DemoSize, activity, generate
-    from include.extract.service import connect_postgres
     from include.schema import quote_ident
 
-    with connect_postgres(settings, settings.pg_source_db) as connection:
+    with pg_session(settings, settings.pg_source_db) as connection:
         with connection.cursor() as cursor:
             cursor.execute(f"SELECT count(*) FROM public.{quote_ident(LEAD.source_table)}")
             (leads,) = cursor.fetchone()

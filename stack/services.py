@@ -484,7 +484,7 @@ class SparkJars(Service):
     name = "spark"
 
     def fetch(self) -> None:
-        from spark.session import jars_dir
+        from spark.job_spec import jars_dir
 
         target = jars_dir(self.settings)
         if (target / ".complete").exists():
@@ -503,7 +503,7 @@ class SparkJars(Service):
     def health(self) -> Health:
         from importlib.metadata import version
 
-        from spark.session import SPARK_VERSION, jars_dir
+        from spark.job_spec import SPARK_VERSION, jars_dir
 
         jars = sorted(p.name for p in jars_dir(self.settings).glob("*.jar"))
         installed = {name: version(name) for name in ("pyspark", "pyspark-client")}

@@ -41,7 +41,8 @@ def settings():
 def spark():
     """A small local SparkSession: one shuffle partition, no UI, the cached Kafka/JDBC jars on its classpath when the
     stack fetched them (`make up`); without them only the pure transforms' unit tests can use it."""
-    from spark.session import build_session, jars_dir
+    from spark.job_spec import jars_dir
+    from spark.session import build_session
 
     settings = load_settings(require_secrets=False)
     session = build_session("pytest", settings, extra_conf={"spark.sql.shuffle.partitions": "1"},
@@ -52,16 +53,14 @@ def spark():
 
 @pytest.fixture
 def pg_connect(settings):
-    """Connect to a database of the local cluster; every connection carries the statement timeout."""
-    import psycopg
+    """Connect to a database of the local cluster (the warehouse by default), optionally on a schema; every
+    connection carries the statement timeout and is closed at teardown."""
+    from include.connections import pg_session
 
     opened = []
 
-    def connect(database: str | None = None, options: str = "", **kwargs):
-        # libpq takes one `options` value: keep the statement timeout the DSN carries when a test adds its own.
-        timeout = f"-c statement_timeout={settings.pg_statement_timeout_ms}"
-        connection = psycopg.connect(settings.pg_dsn(database or settings.pg_warehouse_db),
-                                     options=f"{timeout} {options}".strip(), **kwargs)
+    def connect(database: str | None = None, schema: str | None = None, **kwargs):
+        connection = pg_session(settings, database or settings.pg_warehouse_db, schema, **kwargs)
         opened.append(connection)
         return connection
 
@@ -80,7 +79,7 @@ def pg_schema(settings, pg_connect):
     name = unique_name("test")
     admin = pg_connect(autocommit=True)
     admin.execute(f"CREATE SCHEMA {quote_ident(name)}")
-    scoped = pg_connect(options=f"-c search_path={name}")
+    scoped = pg_connect(schema=name)
     apply_sql(scoped, warehouse_ddl())
     yield name
     admin.execute(f"DROP SCHEMA {quote_ident(name)} CASCADE")

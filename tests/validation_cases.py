@@ -9,7 +9,7 @@ import json
 import uuid
 from typing import Any
 
-from include.entities import ENTITIES, TYPES, Entity, Field
+from include.entities import ENTITIES, Entity, Field
 from tests.stream_support import chat_message, evento_message, lead_message
 
 BUILDERS = {"lead": lead_message, "chat_session": chat_message, "evento": evento_message}

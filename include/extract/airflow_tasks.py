@@ -9,9 +9,8 @@ import datetime as dt
 from contextlib import ExitStack, closing
 from typing import Any, Mapping
 
-from airflow.providers.postgres.hooks.postgres import PostgresHook
-from airflow.sdk import BaseHook
-
+from include.connections import (SUPABASE_DB_CONN_ID, WAREHOUSE_CONN_ID, kafka_bootstrap, postgres_connection,
+                                  supabase_api)
 from include.entities import BY_NAME
 from include.extract.config import ExtractConfig, parse_from_timestamp
 from include.extract.extractor import extract_entity
@@ -20,18 +19,13 @@ from include.extract.sources import PostgresSource, Source, SupabaseRestSource
 from include.extract.state import ExtractState
 from include.settings import load_settings
 
-SOURCE_POSTGRES_CONN_ID = "supabase_postgres"
-SOURCE_REST_CONN_ID = "supabase_api"
-WAREHOUSE_CONN_ID = "warehouse_postgres"
-KAFKA_CONN_ID = "kafka_default"
 
 
 def _source(stack: ExitStack, config: ExtractConfig) -> Source:
     if config.source == "rest":
-        connection = BaseHook.get_connection(SOURCE_REST_CONN_ID)
-        return SupabaseRestSource.connect(connection.host, connection.password, clock_margin=config.rest_clock_margin)
-    connection = PostgresHook(postgres_conn_id=SOURCE_POSTGRES_CONN_ID).get_conn()
-    return PostgresSource(stack.enter_context(closing(connection)))
+        url, key = supabase_api()
+        return SupabaseRestSource.connect(url, key, clock_margin=config.rest_clock_margin)
+    return PostgresSource(stack.enter_context(closing(postgres_connection(SUPABASE_DB_CONN_ID))))
 
 
 def extract_entity_task(entity_name: str, params: Mapping[str, Any]) -> dict:
@@ -42,10 +36,10 @@ def extract_entity_task(entity_name: str, params: Mapping[str, Any]) -> dict:
         from_timestamp=parse_from_timestamp(params.get("from_timestamp")),
         lookback=None if lookback is None else dt.timedelta(seconds=lookback),
     )
-    bootstrap = BaseHook.get_connection(KAFKA_CONN_ID).extra_dejson["bootstrap.servers"]
+    bootstrap = kafka_bootstrap()
     with ExitStack() as stack:
         source = _source(stack, config)
-        warehouse = stack.enter_context(closing(PostgresHook(postgres_conn_id=WAREHOUSE_CONN_ID).get_conn()))
+        warehouse = stack.enter_context(closing(postgres_connection(WAREHOUSE_CONN_ID)))
         publisher = stack.enter_context(KafkaPublisher(bootstrap, load_settings().kafka_topic))
         result = extract_entity(BY_NAME[entity_name], source, ExtractState(warehouse), publisher, options)
     return result.as_dict()

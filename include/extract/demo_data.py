@@ -268,7 +268,7 @@ def activity(connection, schema: str = "public", update_share: float = 0.1, dele
 
 
 def main(argv: list[str] | None = None) -> None:
-    from include.extract.service import connect_postgres
+    from include.connections import pg_session
     from include.settings import load_settings
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = load_settings()
-    with connect_postgres(settings, settings.pg_source_db) as connection:
+    with pg_session(settings, settings.pg_source_db) as connection:
         if args.activity:
             print(activity(connection, args.schema, args.update_share, args.delete, args.insert, args.seed))
         else:

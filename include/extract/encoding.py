@@ -20,14 +20,11 @@ from functools import lru_cache
 import msgspec
 
 from include.contract import PROCESSADO_EM, TIPO_EVENTO
-from include.entities import Entity
+from include.entities import TYPES, Entity
 
 # Logical types the encoded query casts to text: their text is the contract's value (a JSON string for uuid,
 # JSON to write verbatim for jsonb).
-TEXT_TYPES = ("uuid", "jsonb")
-# Logical types that path handles; an entity with any other (numeric: Decimal becomes a float, may be NaN) is
-# encoded row by row.
-ENCODABLE_TYPES = frozenset({"uuid", "text", "keyword", "text[]", "jsonb", "integer", "boolean", "timestamptz"})
+TEXT_TYPES = tuple(name for name, rules in TYPES.items() if rules.extract_as_text)
 # The contract's encoder parses jsonb into Python objects first: a number with 309 or more integer digits
 # becomes an infinite float there, and the row a dead letter. Only a JSON text that long can hold one.
 _HUGE_NUMBER = re.compile(r"\d{309}")
@@ -40,7 +37,7 @@ _ENCODER = msgspec.json.Encoder()
 
 
 def can_encode(entity: Entity) -> bool:
-    return all(f.type in ENCODABLE_TYPES for f in entity.fields)
+    return all(f.rules.extract_fast_path for f in entity.fields)
 
 
 @lru_cache(maxsize=None)

@@ -15,6 +15,7 @@ from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
+from include.connections import pg_session
 from include.contract import encode, message_key, now_utc, record_message
 from include.entities import BY_NAME, EVENTO, EXTRACTED, LEAD, Entity
 from include.extract.config import ExtractConfig
@@ -46,24 +47,13 @@ class Pipeline:
         return [extract_entity(entity, self.source, self.state, self.publisher, options) for entity in entities]
 
 
-def connect_postgres(settings: Settings, database: str, schema: str | None = None):
-    """A psycopg connection with the settings' statement_timeout, optionally scoped to one schema."""
-    import psycopg
-
-    connection = psycopg.connect(settings.pg_dsn(database))
-    if schema:
-        connection.execute("SELECT set_config('search_path', %s, false)", [schema])
-        connection.commit()
-    return connection
-
-
 def _open_source(stack: ExitStack, settings: Settings, config: ExtractConfig, endpoints: Endpoints) -> Source:
     if config.source == "rest":
         if not (settings.supabase_url and settings.supabase_key):
             raise SettingsError("PIPELINE_EXTRACT_SOURCE=rest needs PIPELINE_SUPABASE_URL and PIPELINE_SUPABASE_KEY")
         return SupabaseRestSource.connect(settings.supabase_url, settings.supabase_key, schema=endpoints.source_schema,
                                           clock_margin=config.rest_clock_margin)
-    connection = stack.enter_context(closing(connect_postgres(settings, settings.pg_source_db)))
+    connection = stack.enter_context(closing(pg_session(settings, settings.pg_source_db)))
     return PostgresSource(connection, schema=endpoints.source_schema)
 
 
@@ -80,7 +70,7 @@ def open_pipeline(settings: Settings | None = None, config: ExtractConfig | None
     with ExitStack() as stack:
         source = _open_source(stack, settings, config, endpoints)
         warehouse = stack.enter_context(closing(
-            connect_postgres(settings, settings.pg_warehouse_db, endpoints.warehouse_schema)))
+            pg_session(settings, settings.pg_warehouse_db, endpoints.warehouse_schema)))
         publisher = _open_publisher(stack, settings, endpoints)
         yield Pipeline(source, ExtractState(warehouse), publisher)
 

@@ -12,9 +12,9 @@ from typing import Mapping
 
 from include.contract import DEFAULT_MAX_VERSION_SKEW_SECONDS
 from include.orchestration.health import HealthPolicy
-from include.orchestration.releases import validate_version
 from include.orchestration.supervision import QueryFiles
-from include.settings import Settings, load_settings
+from include.settings import Settings, SettingsError, load_settings
+from spark.job_spec import AVAILABLE_NOW, check_query_name, processing_time, session_conf
 
 
 def watchdog_interval(environ: Mapping[str, str] | None = None) -> dt.timedelta:
@@ -52,8 +52,7 @@ class StreamOpsConfig:
         return cls(
             settings=s,
             checkpoint_root=s.stream_checkpoint_root or s.state_dir / "checkpoints",
-            # Query names become folder names: the release-version rules keep them path-safe.
-            query_name=validate_version(s.stream_query_name),
+            query_name=_query_name(s.stream_query_name),
             trigger_seconds=s.stream_trigger_seconds,
             pg_schema=s.stream_pg_schema or None,
             es_index_prefix=s.stream_es_index_prefix,
@@ -86,15 +85,17 @@ class StreamOpsConfig:
         return self.settings.state_dir / "releases"
 
 
+def _query_name(name: str) -> str:
+    try:
+        return check_query_name(name)
+    except ValueError as error:
+        raise SettingsError(f"PIPELINE_STREAM_QUERY_NAME: {error}") from None
+
+
 def spark_conf(config: StreamOpsConfig) -> dict[str, str]:
     """Spark properties every supervised driver gets (the job adds its own, e.g. minBatchesToRetain)."""
-    return {
-        # The driver's output is the task log and the driver log file: INFO would log every micro-batch forever.
-        "spark.log.level": "WARN",
-        "spark.ui.enabled": "false",
-        "spark.sql.session.timeZone": "UTC",
-        "spark.local.dir": str(config.settings.state_dir / "spark" / "local"),
-    }
+    # The driver's output is the task log and the driver log file: INFO would log every micro-batch forever.
+    return {**session_conf(config.settings), "spark.log.level": "WARN"}
 
 
 def driver_environment(config: StreamOpsConfig) -> dict[str, str]:
@@ -108,7 +109,7 @@ def job_arguments(config: StreamOpsConfig, available_now: bool) -> list[str]:
     """spark/streaming_job.py's command line for the supervised query."""
     arguments = ["--checkpoint-root", str(config.checkpoint_root), "--query-name", config.query_name,
                  "--topic", config.settings.kafka_topic,
-                 "--trigger", "available-now" if available_now else f"processing-time={config.trigger_seconds} seconds"]
+                 "--trigger", AVAILABLE_NOW if available_now else processing_time(f"{config.trigger_seconds} seconds")]
     if config.pg_schema:
         arguments += ["--pg-schema", config.pg_schema]
     if config.es_index_prefix:

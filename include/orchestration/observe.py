@@ -85,13 +85,6 @@ def _row_count(connection, table: str, schema: str | None) -> int:
     return int(count)
 
 
-def es_index(entity: Entity, prefix: str) -> str:
-    """The job's index naming (imported here: spark.sinks loads pyspark)."""
-    from spark.sinks.elastic import index_name
-
-    return index_name(entity, prefix)
-
-
 def es_doc_count(es, index: str) -> int:
     from elasticsearch import NotFoundError
 
@@ -131,7 +124,7 @@ def gather_quality_counts(
         rows.append(EntityCounts(
             entity=entity.name,
             postgres_rows=_row_count(warehouse, entity.table, warehouse_schema),
-            es_docs=es_doc_count(es, es_index(entity, index_prefix)),
+            es_docs=es_doc_count(es, entity.index_name(index_prefix)),
             source_rows=(_row_count(source, entity.source_table, source_schema)
                          if source is not None and entity.source_table else None),
             dead_letters=int(dead.pop(entity.name, 0)),

@@ -1,6 +1,7 @@
 """Job releases: immutable bundles of the streaming job's code, and the pointer to the one that should run.
 
-A release `<root>/<version>/` holds the `spark` and `include` packages (with their SQL templates) twice: as
+A release `<root>/<version>/` holds the job's code, the `spark` package and the shipped core of `include` (SHIPPED),
+twice: as
 `job.zip`, shipped to Spark with --py-files, and unpacked under `src/`, whose `spark/streaming_job.py` is the
 entry point spark-submit runs. The job puts its own package root (`src/`) first on the driver's path, so the
 driver reads its SQL templates from real files (include/schema.py's loader cannot read inside a zip) and imports
@@ -23,8 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-PACKAGES = ("spark", "include")
-SHIPPED_SUFFIXES = (".py", ".sql")
+# The job's code: the spark package and the core of include it imports (registry, contract, settings, connections,
+# SQL rendering and the job's SQL templates). The Airflow glue (orchestration, extraction, MCP server, demo data)
+# stays out, so editing a task body makes no new job version. A unit test imports the job from a release.
+SHIPPED = ("spark/**/*.py", "include/__init__.py", "include/connections.py", "include/contract.py",
+           "include/entities.py", "include/schema.py", "include/settings.py", "include/sql/stream_*.sql")
 ENTRY_POINT = Path("spark") / "streaming_job.py"
 # Fixed zip timestamps: the same sources always give the same bytes, so a digest identifies them.
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -60,11 +64,8 @@ def validate_version(version: str) -> str:
 
 def source_files(source_root: Path) -> list[Path]:
     """The files a release ships, relative to the source root, in a stable order."""
-    files = []
-    for package in PACKAGES:
-        for path in sorted((source_root / package).rglob("*")):
-            if path.is_file() and path.suffix in SHIPPED_SUFFIXES and "__pycache__" not in path.parts:
-                files.append(path.relative_to(source_root))
+    files = sorted({path.relative_to(source_root) for pattern in SHIPPED for path in source_root.glob(pattern)
+                    if path.is_file() and "__pycache__" not in path.parts})
     if ENTRY_POINT not in files:
         raise ReleaseError(f"{source_root / ENTRY_POINT} does not exist: nothing to release")
     return files

@@ -12,10 +12,9 @@ from collections import Counter
 from contextlib import closing, contextmanager
 from typing import Callable, Iterator, NoReturn
 
-from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from include.connections import KAFKA_CONN_ID, WAREHOUSE_CONN_ID, postgres_connection
+from include.connections import WAREHOUSE_CONN_ID, kafka_bootstrap, postgres_connection
 from include.orchestration.config import StreamOpsConfig
 from include.orchestration.control import (NoSupervisor, NotHealthy, require_supervisor, restart_driver,
                                           wait_until_healthy)
@@ -28,10 +27,6 @@ from include.settings import REPO_ROOT
 
 log = logging.getLogger(__name__)
 FAILURE_XCOM_KEY = "failure_reason"
-
-
-def kafka_bootstrap(conn_id: str = KAFKA_CONN_ID) -> str:
-    return BaseHook.get_connection(conn_id).extra_dejson["bootstrap.servers"]
 
 
 @contextmanager

@@ -44,10 +44,6 @@ class BulkItemError(RuntimeError):
     """A bulk item failed in a way that retrying or ignoring would hide."""
 
 
-def index_name(entity: Entity, prefix: str = "") -> str:
-    return f"{prefix}_{entity.index}" if prefix else entity.index
-
-
 def action(index: str, document_id: str, version: int, deleted: bool, document: str | None) -> dict:
     """The bulk action of one document; `_source` stays the JSON text as rendered."""
     operation = {"_op_type": "delete" if deleted else "index", "_index": index, "_id": document_id,
@@ -142,7 +138,7 @@ class ElasticsearchSink:
     max_connections: int = 4  # concurrent bulk requests
 
     def index_name(self, entity: Entity) -> str:
-        return index_name(entity, self.index_prefix)
+        return entity.index_name(self.index_prefix)
 
     def client(self):
         from elasticsearch import Elasticsearch

@@ -24,7 +24,6 @@ retries) raises: the transaction rolls back and the batch is replayed from the c
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from collections import Counter
@@ -32,9 +31,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import psycopg
-from psycopg import sql
 from pyspark.sql import DataFrame
 
+from include.connections import check_schema_name, warehouse_session
 from include.entities import ENTITIES, Entity
 from include.schema import STREAM_STAGE_TABLE, quote_ident, render_sql_macro
 from include.settings import Settings
@@ -51,7 +50,6 @@ STAGED_COLUMNS = {KIND: "kind", DOCUMENT_ID: "id", DOCUMENT_VERSION: "version", 
                   "timestamp": "kafka_timestamp", "topic": "kafka_topic", "partition": "kafka_partition",
                   "offset": "kafka_offset", DOCUMENT: "doc"}
 STAGED_COUNTS_SCHEMA = "kind string, rows long"
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 # (kind, id, version in epoch microseconds, deleted, doc): a row Elasticsearch must get.
 IndexAction = tuple[str, str, int, bool, str]
@@ -78,24 +76,6 @@ def refusal_reason(sink: str, detail: str) -> str:
     return f"sink_refused: {sink}: {first_line}"[:REASON_CHARS]
 
 
-def check_schema_name(schema: str) -> str:
-    """A search_path value that needs no quoting (lower-case identifier)."""
-    if not _SCHEMA_NAME.match(schema):
-        raise ValueError(f"Postgres schema {schema!r} must be a lower-case identifier ([a-z_][a-z0-9_]*)")
-    return schema
-
-
-def connect(settings: Settings, schema: str | None = None, **kwargs) -> psycopg.Connection:
-    """A warehouse session with the settings' statement timeout, optionally on another schema."""
-    connection = psycopg.connect(settings.pg_dsn(settings.pg_warehouse_db), **kwargs)
-    if schema:
-        # SET rather than an `options` argument, which would replace the DSN's statement_timeout.
-        connection.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(check_schema_name(schema))))
-        if not connection.autocommit:
-            connection.commit()
-    return connection
-
-
 def copy_statement() -> str:
     columns = ", ".join(quote_ident(c) for c in ("stage_token", *STAGED_COLUMNS.values()))
     return f"COPY {quote_ident(STREAM_STAGE_TABLE)} ({columns}) FROM STDIN"
@@ -110,7 +90,7 @@ def stage_partition(settings: Settings, schema: str | None, token: str, document
         import pyarrow as pa
 
         counts: Counter = Counter()
-        with connect(settings, schema) as connection, connection.cursor() as cursor:
+        with warehouse_session(settings, schema) as connection, connection.cursor() as cursor:
             for batch in batches:
                 # One COPY per Arrow batch (at most spark.sql.execution.arrow.maxBytesPerBatch), so no statement
                 # outlives the statement timeout however large the task's share; one transaction still.
@@ -166,7 +146,7 @@ class PostgresSink:
         self._clear = render_sql_macro(MERGE_SQL, "clear_stage", stage=STREAM_STAGE_TABLE)
 
     def connect(self, **kwargs) -> psycopg.Connection:
-        return connect(self.settings, self.schema, **kwargs)
+        return warehouse_session(self.settings, self.schema, **kwargs)
 
     def stage(self, batch: DataFrame, token: str, documents: Callable) -> dict[str, int]:
         """Render a Kafka-shaped batch with `documents` and COPY it into staging from the executors: one Spark job."""

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import pytest
 
+from include.connections import warehouse_session
 from include.entities import LEAD
 from include.orchestration import driver_lock
 from include.orchestration.config import StreamOpsConfig
@@ -49,7 +50,6 @@ from include.orchestration.releases import ReleaseStore
 from include.orchestration.supervision import QueryFiles, read_exits
 from include.schema import apply_sql, quote_ident, source_ddl, warehouse_ddl
 from include.settings import REPO_ROOT
-from spark.sinks.elastic import index_name
 from tests.stream_support import chat_message, evento_message, lead_message, produce
 
 pytestmark = pytest.mark.timeout(1800)
@@ -202,9 +202,7 @@ def stack(settings, tmp_path_factory):
     admin.create_topics([NewTopic(ops.topic, num_partitions=settings.kafka_partitions, replication_factor=1)])
     with psycopg.connect(settings.pg_dsn(settings.pg_warehouse_db), autocommit=True) as connection:
         connection.execute(f"CREATE SCHEMA {quote_ident(ops.schema)}")
-    with psycopg.connect(settings.pg_dsn(settings.pg_warehouse_db),
-                         options=f"-c statement_timeout={settings.pg_statement_timeout_ms} "
-                                 f"-c search_path={ops.schema}") as connection:
+    with warehouse_session(settings, ops.schema) as connection:
         apply_sql(connection, warehouse_ddl())
     with psycopg.connect(settings.pg_dsn(settings.pg_source_db), autocommit=True) as connection:
         connection.execute(f"CREATE SCHEMA {quote_ident(ops.schema)}")
@@ -393,7 +391,7 @@ def test_6_deploy_is_refused_when_elasticsearch_misses_documents(stack):
     from elasticsearch import Elasticsearch
 
     es = Elasticsearch(stack.settings.es_url, request_timeout=30)
-    index = index_name(LEAD, stack.prefix)
+    index = LEAD.index_name(stack.prefix)
     missing = stack.leads[:2]
     for lead in missing:
         # Deleted at the document's own external version: a plain delete would bump it, and the replay below

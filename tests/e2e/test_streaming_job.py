@@ -24,12 +24,11 @@ from pathlib import Path
 import pytest
 from elasticsearch import helpers
 
+from include.connections import warehouse_session
 from include.contract import tombstone_message
 from include.entities import CHAT_SESSION, ENTITIES, EVENTO, LEAD, Entity
 from include.schema import quote_ident
 from include.settings import REPO_ROOT
-from spark.sinks.elastic import index_name
-from spark.sinks.postgres import connect
 from spark.streaming_job import parse_args, run
 from tests.stream_support import (T0, as_bytes, chat_message, evento_message, lead_message, poison_catalog, produce,
                                   with_members)
@@ -63,7 +62,7 @@ def target(kafka_topic, pg_schema, es_prefix, tmp_state):
 
 @pytest.fixture
 def db(settings, pg_schema):
-    connection = connect(settings, pg_schema, autocommit=True)
+    connection = warehouse_session(settings, pg_schema, autocommit=True)
     yield connection
     connection.close()
 
@@ -83,7 +82,7 @@ def pg_counts(db) -> dict[str, int]:
 
 
 def es_documents(es, target: Target, entity: Entity) -> dict[str, dict]:
-    index = index_name(entity, target.prefix)
+    index = entity.index_name(target.prefix)
     es.indices.refresh(index=index)
     return {hit["_id"]: {"version": hit["_version"], **hit["_source"]}
             for hit in helpers.scan(es, index=index, query={"query": {"match_all": {}}, "version": True})}
@@ -92,7 +91,7 @@ def es_documents(es, target: Target, entity: Entity) -> dict[str, dict]:
 def es_counts(es, target: Target) -> dict[str, int]:
     counts = {}
     for entity in ENTITIES:
-        index = index_name(entity, target.prefix)
+        index = entity.index_name(target.prefix)
         es.indices.refresh(index=index)
         counts[entity.name] = es.count(index=index)["count"]
     return counts
@@ -166,7 +165,7 @@ def test_leads_sessions_and_events_land_with_every_field_intact(settings, es, db
     assert chat_doc["perguntas_feitas"] == chat["perguntas_feitas"] and instant(chat_doc["ended_at"]) == chat["ended_at"]
     evento_doc = es_documents(es, target, EVENTO)[evento["id"]]
     assert evento_doc["valor"] == 1999.99 and evento_doc["evento"] == "compra_concluída"
-    hits = es.search(index=index_name(LEAD, target.prefix), query={"match": {"nome": "citação"}})["hits"]["hits"]
+    hits = es.search(index=LEAD.index_name(target.prefix), query={"match": {"nome": "citação"}})["hits"]["hits"]
     assert [hit["_id"] for hit in hits] == [lead["id"]]
 
     # The listener wrote the batch's heartbeat with its offsets.
@@ -225,7 +224,7 @@ def test_out_of_order_versions_end_newest_everywhere(settings, es, db, target, r
 
 def test_poison_messages_go_to_dead_letters_and_valid_ones_land(settings, es, db, target, run_job):
     poison = poison_catalog(MAX_BYTES)
-    valid = [BUILDERS[ENTITIES[n % 3]]() for n in range(len(poison))]
+    valid = [BUILDERS[ENTITIES[n % len(ENTITIES)]]() for n in range(len(poison))]
     values = [value for pair in zip(valid, (p[1] for p in poison)) for value in pair]  # interleaved
     positions = produce(settings, target.topic, values)
     run_job()
@@ -274,7 +273,7 @@ def test_update_then_tombstone_then_older_update_stays_deleted(settings, es, db,
 
     # Elasticsearch forgets a deleted document's version after index.gc_deletes (60 s by default); make it forget
     # now, so only the job's own memory of the deletion (deleted_records) can keep the older update out.
-    indices = ",".join(index_name(e, target.prefix) for e in ENTITIES)
+    indices = ",".join(e.index_name(target.prefix) for e in ENTITIES)
     es.indices.put_settings(index=indices, settings={"index.gc_deletes": "0s"})
     produce(settings, target.topic, [lead_message(id=lead_id, updated_at=T0 + MINUTE),
                                      chat_message(id=session_id, updated_at=T0 + MINUTE)])
@@ -345,7 +344,7 @@ def test_driver_killed_mid_run_three_times_loses_nothing(settings, es, db, targe
     # clean run on this shared 2-core machine; with three kills and restarts it would break the suite's budget.
     messages = []
     for number in range(30_000):
-        entity = ENTITIES[number % 3]
+        entity = ENTITIES[number % len(ENTITIES)]
         record_id = str(uuid.uuid4())
         messages += [BUILDERS[entity](id=record_id, **{entity.version_column: T0 + version * MINUTE})
                      for version in range(2)]

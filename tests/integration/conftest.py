@@ -13,14 +13,14 @@ import pytest
 def source_schema(settings, pg_schema):
     """A schema in the Supabase stand-in database holding the source DDL, dropped afterwards. It takes the
     name of the test's (uuid-named) warehouse schema, which lives in another database."""
-    from include.extract.service import connect_postgres
+    from include.connections import pg_session
     from include.schema import apply_sql, quote_ident, source_ddl
 
     name = pg_schema
-    with connect_postgres(settings, settings.pg_source_db) as admin:
+    with pg_session(settings, settings.pg_source_db) as admin:
         admin.autocommit = True
         admin.execute(f"CREATE SCHEMA {quote_ident(name)}")
-        with connect_postgres(settings, settings.pg_source_db) as connection:
+        with pg_session(settings, settings.pg_source_db) as connection:
             apply_sql(connection, source_ddl(schema=name))
         yield name
         admin.execute(f"DROP SCHEMA {quote_ident(name)} CASCADE")
@@ -33,17 +33,17 @@ def restricted_source_db(settings, source_schema):
     pg_stat_activity without their transaction start. The role is dropped afterwards."""
     import uuid
 
-    from include.extract.service import connect_postgres
+    from include.connections import pg_session
     from include.schema import quote_ident
 
     role, password = f"test_reader_{uuid.uuid4().hex[:12]}", uuid.uuid4().hex
-    with connect_postgres(settings, settings.pg_source_db) as admin:
+    with pg_session(settings, settings.pg_source_db) as admin:
         admin.autocommit = True
         admin.execute(f"CREATE ROLE {quote_ident(role)} LOGIN PASSWORD '{password}'")
         admin.execute(f"GRANT USAGE ON SCHEMA {quote_ident(source_schema)} TO {quote_ident(role)}")
         admin.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {quote_ident(source_schema)} TO {quote_ident(role)}")
         try:
-            with connect_postgres(settings.model_copy(update={"pg_user": role, "pg_password": password}),
+            with pg_session(settings.model_copy(update={"pg_user": role, "pg_password": password}),
                                   settings.pg_source_db) as connection:
                 yield connection
         finally:
@@ -54,18 +54,18 @@ def restricted_source_db(settings, source_schema):
 @pytest.fixture
 def source_db(settings):
     """A connection to the stand-in database (statement_timeout set); closed afterwards."""
-    from include.extract.service import connect_postgres
+    from include.connections import pg_session
 
-    with connect_postgres(settings, settings.pg_source_db) as connection:
+    with pg_session(settings, settings.pg_source_db) as connection:
         yield connection
 
 
 @pytest.fixture
 def warehouse_db(settings, pg_schema):
     """A connection to the test's warehouse schema (statement_timeout set); closed afterwards."""
-    from include.extract.service import connect_postgres
+    from include.connections import pg_session
 
-    with connect_postgres(settings, settings.pg_warehouse_db, pg_schema) as connection:
+    with pg_session(settings, settings.pg_warehouse_db, pg_schema) as connection:
         connection.autocommit = True
         yield connection
 

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from include.contract import tombstone_message
-from include.entities import ENTITIES, LEAD
+from include.entities import CHAT_SESSION, ENTITIES, EVENTO, LEAD
 from spark import validation as V
 from spark.sinks import elastic as E
 from tests.stream_support import T0, as_bytes, chat_message, evento_message, lead_message
@@ -70,15 +70,15 @@ def test_documents_hold_every_field_with_the_version_of_their_version_column(es,
     for name in ("created_at", "updated_at", "last_interaction_at", "processado_em"):
         assert instant(source[name]) == lead[name], name
 
-    chat_doc = es.get(index=sink.index_name(ENTITIES[1]), id=chat["id"])["_source"]
+    chat_doc = es.get(index=sink.index_name(CHAT_SESSION), id=chat["id"])["_source"]
     assert (chat_doc["pages_visited"], chat_doc["perguntas_feitas"], chat_doc["ended_at"]) == (["/", "/preços"], [], None)
-    evento_doc = es.get(index=sink.index_name(ENTITIES[2]), id=evento["id"])["_source"]
+    evento_doc = es.get(index=sink.index_name(EVENTO), id=evento["id"])["_source"]
     assert evento_doc["valor"] == 12.5 and evento_doc["payload"]["evento"] == "clique"
 
     # Searchable: analysed text with accents, keywords, arrays.
     hits = es.search(index=sink.index_name(LEAD), query={"match": {"nome": "conceição"}})["hits"]["hits"]
     assert [h["_id"] for h in hits] == [lead["id"]]
-    hits = es.search(index=sink.index_name(ENTITIES[1]), query={"term": {"pages_visited": "/preços"}})["hits"]["hits"]
+    hits = es.search(index=sink.index_name(CHAT_SESSION), query={"term": {"pages_visited": "/preços"}})["hits"]["hits"]
     assert [h["_id"] for h in hits] == [chat["id"]]
 
 

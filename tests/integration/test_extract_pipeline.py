@@ -148,19 +148,19 @@ def test_a_source_hiding_open_transactions_falls_back_to_the_lookback(
     committed late is found by the lookback only, and the run says so."""
     from include.extract.extractor import extract_entity
     from include.extract.publisher import KafkaPublisher
-    from include.extract.service import connect_postgres
+    from include.connections import pg_session
     from include.extract.sources import PostgresSource
     from include.extract.state import ExtractState
 
     leads = f"{quote_ident(source_schema)}.leads"
-    with connect_postgres(settings, settings.pg_warehouse_db, pg_schema) as warehouse, \
+    with pg_session(settings, settings.pg_warehouse_db, pg_schema) as warehouse, \
             KafkaPublisher(settings.kafka_bootstrap, kafka_topic) as publisher:
         def run(lookback: dt.timedelta):
             options = RunOptions(page_size=50, lookback=lookback, **NO_SAFETY_MARGIN)
             return extract_entity(LEAD, PostgresSource(restricted_source_db, source_schema),
                                   ExtractState(warehouse), publisher, options).records
 
-        with connect_postgres(settings, settings.pg_source_db) as slow:
+        with pg_session(settings, settings.pg_source_db) as slow:
             # Its updated_at is taken now, but nobody sees the row until the commit below.
             late_id = slow.execute(f"INSERT INTO {leads} (nome) VALUES ('Lúcia Atrasada') RETURNING id::text"
                                    ).fetchone()[0]
@@ -365,6 +365,7 @@ def test_psycopg2_connections_as_airflows_postgres_hook_gives_them(settings, sou
                                                                     kafka_topic, read_topic):
     import psycopg2
 
+    from include.connections import set_schema
     from include.extract.extractor import extract_entity
     from include.extract.publisher import KafkaPublisher
     from include.extract.sources import PostgresSource
@@ -372,8 +373,8 @@ def test_psycopg2_connections_as_airflows_postgres_hook_gives_them(settings, sou
 
     generate(source_db, DemoSize(95, sessions_per_lead=0), source_schema, seed=8)
     source = psycopg2.connect(settings.pg_dsn(settings.pg_source_db))
-    warehouse = psycopg2.connect(settings.pg_dsn(settings.pg_warehouse_db), options=(
-        f"-c statement_timeout={settings.pg_statement_timeout_ms} -c search_path={pg_schema}"))
+    warehouse = psycopg2.connect(settings.pg_dsn(settings.pg_warehouse_db))
+    set_schema(warehouse, pg_schema)
     options = RunOptions(page_size=10, lookback=dt.timedelta(0), **NO_SAFETY_MARGIN)
     try:
         with KafkaPublisher(settings.kafka_bootstrap, kafka_topic) as publisher:
@@ -435,7 +436,7 @@ def test_a_transaction_committing_later_than_the_lookback_is_still_published(
         settings, source_db, source_schema, endpoints, warehouse_db, read_topic, kafka_topic):
     """Issue 14, point 2: rows are stamped when written, visible when committed; the lookback is 2 s here and
     the slow transaction commits about 3 s after a later update was committed and extracted."""
-    from include.extract.service import connect_postgres
+    from include.connections import pg_session
 
     leads = f"{quote_ident(source_schema)}.leads"
     [(slow_id,), (fast_id,)] = source_db.execute(
@@ -445,7 +446,7 @@ def test_a_transaction_committing_later_than_the_lookback_is_still_published(
     extract(endpoints, lookback=lookback)
     first_run = offsets(read_topic, kafka_topic)
 
-    with connect_postgres(settings, settings.pg_source_db) as slow:
+    with pg_session(settings, settings.pg_source_db) as slow:
         [(slow_version,)] = slow.execute(f"UPDATE {leads} SET nome = 'Lenta, depois' WHERE id = %s "
                                          "RETURNING updated_at", [slow_id]).fetchall()
         time.sleep(lookback.total_seconds() + 1)

@@ -13,7 +13,8 @@ from include.contract import tombstone_message
 from include.entities import CHAT_SESSION, LEAD
 from include.schema import STREAM_STAGE_TABLE, quote_ident
 from spark import transforms as T
-from spark.sinks.postgres import PostgresSink, connect
+from include.connections import warehouse_session
+from spark.sinks.postgres import PostgresSink
 from tests.stream_support import T0, chat_message, evento_message, kafka_frame, lead_message
 
 MAX_BYTES = 64 * 1024
@@ -187,7 +188,7 @@ def test_every_session_carries_the_statement_timeout(spark, sink, settings):
         import pyarrow as pa
 
         for _ in batches:
-            with connect(settings, schema) as connection:
+            with warehouse_session(settings, schema) as connection:
                 timeout_set, current = connection.execute(check).fetchone()
             yield pa.RecordBatch.from_pydict({"timeout_set": [timeout_set], "schema": [current]})
 
@@ -227,7 +228,7 @@ def test_a_stale_staging_table_of_the_old_shape_is_replaced(db, settings, pg_sch
     db.execute(f"DROP TABLE {quote_ident(STREAM_STAGE_TABLE)}")
     db.execute(f"CREATE UNLOGGED TABLE {quote_ident(STREAM_STAGE_TABLE)} (stage_token uuid, kind text, deleted "
                "boolean, doc jsonb, staged_at timestamptz)")
-    with connect(settings, pg_schema) as connection:
+    with warehouse_session(settings, pg_schema) as connection:
         apply_sql(connection, warehouse_ddl())
     columns = {row[0] for row in db.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",

@@ -12,7 +12,6 @@ from include.entities import CHAT_SESSION, ENTITIES, LEAD
 from include.orchestration.observe import es_doc_count, gather_quality_counts, heartbeat, recently_running_queries
 from include.orchestration.quality import EntityCounts, QualityThresholds, evaluate_quality
 from include.schema import ensure_index, quote_ident
-from spark.sinks.elastic import index_name
 
 
 def write_checkpoint(folder, topic, offsets):
@@ -61,10 +60,10 @@ def test_gathered_counts_and_verdict(settings, warehouse, pg_schema, source_sche
     warehouse.commit()
 
     for entity in ENTITIES:
-        ensure_index(es, entity, index=index_name(entity, es_prefix))
+        ensure_index(es, entity, index=entity.index_name(es_prefix))
     for lead_id in lead_ids:
-        es.index(index=index_name(LEAD, es_prefix), id=lead_id, document={"id": lead_id})
-    es.index(index=index_name(CHAT_SESSION, es_prefix), id=session_ids[0], document={"id": session_ids[0]})
+        es.index(index=LEAD.index_name(es_prefix), id=lead_id, document={"id": lead_id})
+    es.index(index=CHAT_SESSION.index_name(es_prefix), id=session_ids[0], document={"id": session_ids[0]})
     es.indices.refresh(index=f"{es_prefix}*")
 
     from kafka import KafkaProducer

@@ -14,7 +14,7 @@ def _columns(connection, schema: str, table: str) -> dict[str, str]:
 
 
 def test_warehouse_ddl_is_idempotent_and_typed(pg_schema, pg_connect):
-    connection = pg_connect(options=f"-c search_path={pg_schema}")
+    connection = pg_connect(schema=pg_schema)
     apply_sql(connection, warehouse_ddl())  # second time: the fixture applied it once already
     for entity in ENTITIES:
         columns = _columns(connection, pg_schema, entity.table)

@@ -116,7 +116,7 @@ def test_documents_elasticsearch_refuses_are_dead_letters_and_keep_their_previou
     body = index_body(LEAD, 0)
     body["mappings"]["properties"]["nome_empresa"] = {"type": "long"}
     es.indices.create(index=elastic.index_name(LEAD), settings=body["settings"], mappings=body["mappings"])
-    for entity in ENTITIES[1:]:
+    for entity in (e for e in ENTITIES if e is not LEAD):
         ensure_index(es, entity, elastic.index_name(entity))
 
     kept, updated = lead_message(nome_empresa="1"), lead_message(nome_empresa="2")

@@ -484,7 +484,7 @@ def test_every_image_is_pinned():
 
 
 def test_image_versions_match_the_project_pins():
-    from spark.session import CONNECTOR_ARTIFACTS, SPARK_VERSION
+    from spark.job_spec import CONNECTOR_ARTIFACTS, SPARK_VERSION
     from stack.services import ES_VERSION, KAFKA_VERSION
 
     pins = dict(re.findall(r"^([A-Za-z0-9_.\[\]-]+)==(\S+)", (REPO / "requirements.txt").read_text(), re.M))
@@ -726,7 +726,7 @@ def test_spark_workers_run_the_drivers_python_and_code():
     for folder in ("include", "spark"):
         assert f"./{folder}:/opt/airflow/{folder}:ro" in worker_mounts
     # The master runs no job code: the official image of the same Spark.
-    from spark.session import SPARK_VERSION
+    from spark.job_spec import SPARK_VERSION
 
     assert services["spark-master"]["image"].startswith(f"apache/spark:{SPARK_VERSION}-")
 

@@ -24,6 +24,25 @@ def test_entity_validation():
         entity_for("nope")
 
 
+@pytest.mark.parametrize("fields, key, version, refused", [
+    ((Field("id", "text"), Field("v", "timestamptz")), "id", "v", "key must be a uuid"),
+    ((Field("codigo", "uuid"), Field("v", "timestamptz")), "codigo", "v", "key must be a uuid field named 'id'"),
+    ((Field("id", "uuid"), Field("v", "integer")), "id", "v", "must be a timestamptz"),
+    ((Field("id", "uuid"), Field("v", "text")), "id", "v", "must be a timestamptz"),
+])
+def test_the_registry_refuses_an_entity_outside_its_contract(fields, key, version, refused):
+    with pytest.raises(ValueError, match=refused):
+        Entity(name="x", tipo_evento="x", table="x", index="x", key=key, version_column=version, fields=fields)
+
+
+def test_the_extraction_fast_path_is_a_property_of_each_type():
+    from include.extract.encoding import TEXT_TYPES, can_encode
+
+    assert TEXT_TYPES == ("uuid", "jsonb")
+    assert [name for name, rules in TYPES.items() if not rules.extract_fast_path] == ["numeric"]
+    assert all(can_encode(e) == all(f.type != "numeric" for f in e.fields) for e in ENTITIES)
+
+
 def test_warehouse_ddl_covers_every_registry_column():
     ddl = "\n".join(warehouse_ddl())
     for entity in ENTITIES:
@@ -43,12 +62,8 @@ def test_quote_ident_escapes_quotes():
     assert quote_ident('we"ird') == '"we""ird"'
 
 
-def test_spark_schema_and_es_mapping_follow_the_registry():
+def test_es_mapping_follows_the_registry():
     lead = entity_for("lead")
-    schema = lead.spark_schema()
-    assert schema.fieldNames() == list(lead.field_names)
-    assert schema["interesse"].dataType.simpleString() == "array<string>"
-    assert schema["score_qualificacao"].dataType.simpleString() == "int"
     mappings = lead.es_mappings()
     assert mappings["properties"]["updated_at"] == {"type": "date"}
     assert set(mappings["properties"]) == {c.name for c in lead.columns}
@@ -62,10 +77,9 @@ def test_each_type_row_keeps_its_values_within_what_both_sinks_accept():
             assert rules.max_bytes is not None and rules.max_bytes <= es_term_bytes, name
         if mapping["type"] == "text":
             assert mapping["fields"]["raw"]["ignore_above"] * 4 <= es_term_bytes, name  # characters of <= 4 bytes
-        if rules.spark_type.startswith("array"):
+        if rules.pg_type.endswith("[]"):
             assert rules.max_items is not None, name
     numeric = TYPES["numeric"]
-    assert numeric.spark_type == f"decimal({numeric.precision},{numeric.scale})"
     assert 10.0 ** (numeric.precision - numeric.scale) < double_max  # Elasticsearch's double holds every value
     assert TYPES["integer"].value_range == range(-2**31, 2**31)  # Postgres integer and Elasticsearch integer
     jsonb = TYPES["jsonb"]

@@ -82,3 +82,27 @@ def test_the_supervised_job_gets_the_version_skew_setting(tmp_path):
     assert parse_args(default).max_version_skew_seconds == DEFAULT_MAX_VERSION_SKEW_SECONDS
     with pytest.raises(SettingsError, match="PIPELINE_STREAM_MAX_VERSION_SKEW_SECONDS"):
         StreamOpsConfig.load({**environ, "PIPELINE_STREAM_MAX_VERSION_SKEW_SECONDS": "-5"})
+
+
+@pytest.mark.parametrize("available_now", [True, False])
+def test_the_supervisors_command_line_is_one_the_job_accepts(tmp_path, available_now):
+    from include.orchestration.config import StreamOpsConfig, job_arguments
+
+    environ = {"PIPELINE_STATE_DIR": str(tmp_path), "PIPELINE_PG_PASSWORD": "unused",
+               "PIPELINE_STREAM_QUERY_NAME": "q_1-b", "PIPELINE_STREAM_TRIGGER_SECONDS": "7"}
+    config = parse_args(job_arguments(StreamOpsConfig.load(environ), available_now=available_now)).validate()
+    assert config.query_name == "q_1-b"
+    assert config.trigger_options() == ({"availableNow": True} if available_now else {"processingTime": "7 seconds"})
+
+
+@pytest.mark.parametrize("query_name", ["q.1", "..", "x" * 65])
+def test_a_query_name_the_job_would_refuse_stops_the_orchestration_naming_the_setting(tmp_path, query_name):
+    from include.orchestration.config import StreamOpsConfig
+    from include.settings import SettingsError
+
+    environ = {"PIPELINE_STATE_DIR": str(tmp_path), "PIPELINE_PG_PASSWORD": "unused",
+               "PIPELINE_STREAM_QUERY_NAME": query_name}
+    with pytest.raises(SettingsError, match="PIPELINE_STREAM_QUERY_NAME"):
+        StreamOpsConfig.load(environ)
+    with pytest.raises(SystemExit):
+        parse_args(["--checkpoint-root", str(tmp_path), "--query-name", query_name])

@@ -11,7 +11,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from include.entities import ENTITIES, KEYWORD_MAX_BYTES, TYPES
+from include.entities import ENTITIES, KEYWORD_MAX_BYTES
 from spark import validation as V
 from tests.validation_cases import NEWEST, WIDE_CHARACTERS, boundary_values, deep, exactly, message_with, to_json
 
