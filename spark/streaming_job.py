@@ -170,8 +170,10 @@ def build_query(spark, config: JobConfig, settings: Settings):
         .option("subscribe", config.topic or settings.kafka_topic)
         .option("startingOffsets", config.starting_offsets)
         .option("maxOffsetsPerTrigger", str(config.offsets_per_trigger))
-        # Offsets that vanished (retention) before being read stop the query instead of being skipped.
-        .option("failOnDataLoss", "true")
+        # Offsets that vanished before being read (retention, deleted records, a recreated topic) are skipped
+        # rather than stopping the query for good; the sink's offset ledger records each skipped range in
+        # lost_offsets, which the status report and the data-quality verdict show (spark/sinks/postgres.py).
+        .option("failOnDataLoss", "false")
         # Kafka partitions split into tasks for every core, twice over so a core that ends early takes another:
         # one task per topic partition (3) leaves a core idle half the time on a 2-core machine.
         .option("minPartitions", str(2 * spark.sparkContext.defaultParallelism))

@@ -57,9 +57,10 @@ class MicroBatchSink:
         merged = self.postgres.write(batch, batch_id, self.documents, index=index)
         report = BatchReport(merged, bulk["indexed"], round(bulk["seconds"], 3), round(time.monotonic() - started, 3))
         log.info(
-            "batch %s: staged %s; postgres upserted %s, deleted %s, dead letters %s, refused %s; elasticsearch %s; "
-            "seconds: stage %.2f, merge %.2f (bulk %.2f of it), total %.2f",
-            batch_id, merged.staged, merged.upserted, merged.deleted, merged.dead_letters, merged.refused, report.indexed,
+            "batch %s: staged %s; postgres upserted %s, deleted %s, dead letters %s, refused %s, lost offset ranges "
+            "%s; elasticsearch %s; seconds: stage %.2f, merge %.2f (bulk %.2f of it), total %.2f",
+            batch_id, merged.staged, merged.upserted, merged.deleted, merged.dead_letters, merged.refused,
+            merged.lost_offset_ranges, report.indexed,
             merged.stage_seconds, merged.merge_seconds, report.bulk_seconds, report.seconds,
         )
         return report

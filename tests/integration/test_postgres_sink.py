@@ -13,7 +13,7 @@ from include.contract import tombstone_message
 from include.entities import CHAT_SESSION, LEAD
 from include.schema import STREAM_STAGE_TABLE, quote_ident
 from spark import transforms as T
-from spark.sinks.postgres import PostgresSink, connect
+from spark.sinks.postgres import PostgresSink, StagingLost, connect
 from tests.stream_support import T0, chat_message, evento_message, kafka_frame, lead_message
 
 MAX_BYTES = 64 * 1024
@@ -173,6 +173,48 @@ def test_a_failing_merge_rolls_back_the_whole_batch(db, write):
         write([lead_message(), chat_message(), evento_message()])
     assert db.execute("SELECT count(*) FROM leads").fetchone()[0] == 0
     assert db.execute("SELECT count(*) FROM chat_sessions").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("loss", ["TRUNCATE {stage}", "DELETE FROM {stage} WHERE kafka_offset > 0"])
+def test_a_batch_whose_staged_rows_vanished_before_the_merge_commits_nothing(db, sink, write, monkeypatch, loss):
+    # Crash recovery empties an UNLOGGED table: between the tasks' COPY and the merge, as a Postgres restart would.
+    stage = sink.stage
+
+    def stage_then_lose(batch, token, documents):
+        staged = stage(batch, token, documents)
+        db.execute(loss.format(stage=quote_ident(STREAM_STAGE_TABLE)))
+        return staged
+
+    monkeypatch.setattr(sink, "stage", stage_then_lose)
+    values = [lead_message(), chat_message(), "{not json"]
+    with pytest.raises(StagingLost, match="tasks staged"):
+        write(values, batch_id=1, start_offset=0)
+    for table in ("leads", "chat_sessions", "dead_letters", "stream_offsets", "lost_offsets"):
+        assert db.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchone()[0] == 0, table
+
+    monkeypatch.setattr(sink, "stage", stage)
+    replay = write(values, batch_id=1, start_offset=0)
+    assert (replay.upserted["lead"], replay.upserted["chat_session"], replay.dead_letters) == (1, 1, 1)
+
+
+def test_the_offset_ledger_records_skipped_and_reset_offsets_once(db, write):
+    def ledger():
+        return db.execute("SELECT kafka_partition, last_offset, batch_id FROM stream_offsets").fetchall()
+
+    def lost():
+        return db.execute("SELECT kafka_partition, from_offset, to_offset, reason, previous_offset, batch_id "
+                          "FROM lost_offsets ORDER BY id").fetchall()
+
+    write([lead_message() for _ in range(3)], batch_id=0, start_offset=0)  # offsets 0..2
+    write([lead_message() for _ in range(2)], batch_id=1, start_offset=3)  # 3..4: contiguous
+    assert (ledger(), lost()) == ([(0, 4, 1)], [])
+    write([lead_message() for _ in range(2)], batch_id=2, start_offset=10)  # 5..9 deleted before they were read
+    assert (ledger(), lost()) == ([(0, 11, 2)], [(0, 5, 9, "skipped", 4, 2)])
+    write([lead_message() for _ in range(2)], batch_id=2, start_offset=10)  # the same batch replayed: no gap
+    write([lead_message() for _ in range(3)], batch_id=1, start_offset=3)  # an older one: the ledger stays
+    assert (ledger(), lost()) == ([(0, 11, 2)], [(0, 5, 9, "skipped", 4, 2)])
+    write([lead_message() for _ in range(2)], batch_id=3, start_offset=2)  # offsets restarted: topic recreated
+    assert (ledger(), lost()[1:]) == ([(0, 3, 3)], [(0, 0, 1, "reset", 11, 3)])
 
 
 def test_every_session_carries_the_statement_timeout(spark, sink, settings):
