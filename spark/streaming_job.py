@@ -156,18 +156,21 @@ def build_query(spark, config: JobConfig, settings: Settings):
     from spark.sinks.batch import MicroBatchSink
     from spark.sinks.elastic import ElasticsearchSink
     from spark.sinks.postgres import PostgresSink
+    from spark.sinks.topic import TopicIds
 
     from spark.transforms import documents_of
 
     elastic = ElasticsearchSink(settings.es_url, index_prefix=config.es_index_prefix)
     elastic.ensure_indices(ENTITIES)
     documents = documents_of(config.max_payload_bytes, max_version_skew_seconds=config.max_version_skew_seconds)
-    sink = MicroBatchSink(PostgresSink(settings, config.pg_schema), elastic, documents)
+    topic = config.topic or settings.kafka_topic
+    sink = MicroBatchSink(PostgresSink(settings, config.pg_schema), elastic, documents,
+                          TopicIds(settings.kafka_bootstrap, topic))
     spark.conf.set("spark.sql.streaming.minBatchesToRetain", str(config.min_batches_to_retain))
     source = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
-        .option("subscribe", config.topic or settings.kafka_topic)
+        .option("subscribe", topic)
         .option("startingOffsets", config.starting_offsets)
         .option("maxOffsetsPerTrigger", str(config.offsets_per_trigger))
         # Offsets that vanished before being read (retention, deleted records, a recreated topic) are skipped

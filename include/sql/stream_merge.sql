@@ -119,31 +119,35 @@ GROUP BY s.kafka_topic, s.kafka_partition
 {%- endmacro %}
 
 {% macro record_lost_offsets(offsets) -%}
--- A batch newer than the ledger's (not a replay) that does not start right after the last offset merged: either the
--- broker no longer held the offsets between (retention, deleted records: 'skipped', from..to exact), or the offsets
--- restarted lower (the topic was deleted and recreated: 'reset', from..to are the new topic's offsets before the
--- first one read, possibly none; what the old topic held after previous_offset is gone with it).
+-- Offsets this batch finds it never read. 'skipped': a batch newer than the ledger's (not a replay), from the same
+-- topic, that does not start right after the last offset merged: the broker no longer held the offsets between
+-- (retention, deleted records); from..to is exact. 'reset': the batch comes from another topic of that name (its id,
+-- %(topic_id)s, differs: deleted and recreated), or a newer batch starts at or below the last offset merged: what
+-- the old topic held after previous_offset and the job had not read is gone with it, and from..to are the new
+-- topic's offsets before the first one read (possibly none).
 INSERT INTO lost_offsets (topic, kafka_partition, from_offset, to_offset, reason, previous_offset, batch_id)
 SELECT b.topic, b.kafka_partition,
-       CASE WHEN b.first_offset > l.last_offset THEN l.last_offset + 1 ELSE 0 END,
-       b.first_offset - 1,
-       CASE WHEN b.first_offset > l.last_offset THEN 'skipped' ELSE 'reset' END,
-       l.last_offset, %(batch_id)s
+       CASE WHEN r.reset THEN 0 ELSE l.last_offset + 1 END, b.first_offset - 1,
+       CASE WHEN r.reset THEN 'reset' ELSE 'skipped' END, l.last_offset, %(batch_id)s
 FROM {{ offsets | ident }} b
 JOIN stream_offsets l ON l.topic = b.topic AND l.kafka_partition = b.kafka_partition
-WHERE %(batch_id)s > l.batch_id AND b.first_offset <> l.last_offset + 1
+CROSS JOIN LATERAL (SELECT l.topic_id <> %(topic_id)s::text
+                           OR (%(batch_id)s > l.batch_id AND b.first_offset <= l.last_offset) AS reset) r
+WHERE r.reset IS TRUE OR (%(batch_id)s > l.batch_id AND b.first_offset > l.last_offset + 1)
 {%- endmacro %}
 
 {% macro advance_offsets(offsets) -%}
--- The ledger: the last offset merged per topic partition. A replayed batch never moves it back; a newer batch sets
--- it, lower after a reset.
-INSERT INTO stream_offsets AS l (topic, kafka_partition, last_offset, batch_id)
-SELECT b.topic, b.kafka_partition, b.last_offset, %(batch_id)s
+-- The ledger: the last offset merged per topic partition. A replayed batch of the same topic never moves it back;
+-- a newer batch, or one from a recreated topic, sets it (lower after a reset).
+INSERT INTO stream_offsets AS l (topic, kafka_partition, last_offset, batch_id, topic_id)
+SELECT b.topic, b.kafka_partition, b.last_offset, %(batch_id)s, %(topic_id)s
 FROM {{ offsets | ident }} b
 ON CONFLICT (topic, kafka_partition) DO UPDATE SET
-    last_offset = CASE WHEN EXCLUDED.batch_id > l.batch_id THEN EXCLUDED.last_offset
+    last_offset = CASE WHEN EXCLUDED.batch_id > l.batch_id OR l.topic_id <> EXCLUDED.topic_id
+                       THEN EXCLUDED.last_offset
                        ELSE greatest(l.last_offset, EXCLUDED.last_offset) END,
     batch_id = greatest(l.batch_id, EXCLUDED.batch_id),
+    topic_id = coalesce(EXCLUDED.topic_id, l.topic_id),
     updated_at = now()
 {%- endmacro %}
 

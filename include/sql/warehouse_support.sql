@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS stream_offsets (
     kafka_partition integer     NOT NULL,
     last_offset     bigint      NOT NULL,
     batch_id        bigint      NOT NULL,   -- the micro-batch that set it: a replay (same or lower) is no gap
+    topic_id        text,                   -- Kafka's id of the topic it was read from (a recreated topic differs)
     updated_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (topic, kafka_partition)
 );

@@ -12,10 +12,13 @@ the merge nothing, and committing that would mark the batch done with none of it
 first counts what staging holds of the batch (distinct Kafka records per kind) and raises StagingLost unless it is
 exactly what the tasks reported; the batch fails before anything commits and is replayed from the checkpoint.
 
-The offset ledger (stream_offsets: the last offset merged per topic partition, with its batch id) is moved in the
-same transaction. A batch newer than the ledger's that does not start right after its last offset records the
-offsets it never read in lost_offsets: 'skipped' when the broker no longer held them (the job runs with
-failOnDataLoss=false, so retention cannot stop it), 'reset' when the offsets restarted lower (topic recreated).
+The offset ledger (stream_offsets: the last offset merged per topic partition, with its batch id and the topic's
+id) is moved in the same transaction. A batch newer than the ledger's that does not start right after its last
+offset records the offsets it never read in lost_offsets: 'skipped' when the broker no longer held them (the job
+runs with failOnDataLoss=false, so retention cannot stop it). A batch read from a topic whose id is not the
+ledger's (the topic was deleted and recreated), or newer and starting below the last offset, records a 'reset'.
+The topic id is looked up before and after the stage: a batch during which it changed fails (TopicRecreated) and is
+replayed, so every batch merged belongs to one topic.
 
 Refused by one sink = refused by both. A row Postgres refuses for its data (SQLSTATE class 22 or 23, or 54000: a
 CHECK, a value jsonb_populate_record cannot cast, an index row too large) fails a set-based statement; the
@@ -137,6 +140,11 @@ def stage_partition(settings: Settings, schema: str | None, token: str, document
     return stage
 
 
+class TopicRecreated(RuntimeError):
+    """The topic's id changed while the batch was staged: which topic its records came from is unknown, so it is
+    replayed."""
+
+
 class StagingLost(RuntimeError):
     """Staging does not hold what the tasks reported staging for the batch (Postgres crash recovery truncated the
     UNLOGGED table): the merge commits nothing and the batch is replayed."""
@@ -199,16 +207,24 @@ class PostgresSink:
         return dict(totals)
 
     def write(self, batch: DataFrame, batch_id: int, documents: Callable,
-              index: Callable[[Iterator[IndexAction]], Sequence[Refusal]] | None = None) -> MergeResult:
+              index: Callable[[Iterator[IndexAction]], Sequence[Refusal]] | None = None,
+              topic_id: Callable[[], str] | None = None) -> MergeResult:
         """Render, stage and merge one micro-batch of Kafka rows (`documents`: transforms.documents_of); `index`
-        gets the rows Postgres took, before the commit, and returns those it refused."""
+        gets the rows Postgres took, before the commit, and returns those it refused; `topic_id` looks up the id of
+        the topic the batch is read from (spark/sinks/topic.py; None: the ledger does not compare topic ids)."""
         token = str(uuid.uuid4())
         started = time.monotonic()
+        topic_before = topic_id() if topic_id else None
         staged = self.stage(batch, token, documents)
+        topic_after = topic_id() if topic_id else None
+        if topic_before != topic_after:
+            raise TopicRecreated(f"the topic's id changed from {topic_before} to {topic_after} while batch {batch_id} "
+                                 "was staged; it will be replayed")
         staged_at = time.monotonic()
         merged = None
         if staged:
-            params = {"token": token, "batch_id": batch_id, "kind": DEAD_LETTER, "stale_after": STALE_STAGE_AFTER}
+            params = {"token": token, "batch_id": batch_id, "kind": DEAD_LETTER, "stale_after": STALE_STAGE_AFTER,
+                      "topic_id": topic_after}
             with self.connect() as connection:
                 merged = self.merge(connection, params, staged, index)
             # Leaving the `with` block committed the transaction.

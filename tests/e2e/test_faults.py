@@ -298,22 +298,22 @@ def staging_holds_rows(sc: Scenario) -> bool:
 
 def test_kafka_broker_killed_and_restarted_mid_stream(spark, scenario, services):
     _, kafka = services
-    scenario.start(spark, max_offsets=300)
-    first = scenario.send(ids=600)
+    scenario.start(spark, max_offsets=200)
+    first = scenario.send(ids=300)
     scenario.settle(lambda: scenario.ledger(), 180, "a first batch to merge")
     assert not scenario.merged_up_to(first)(), "the fault must come while batches are still pending"
     kafka.crash()
     time.sleep(2)
     kafka.restart()
-    scenario.send(ids=200, seed=1)
+    scenario.send(ids=100, seed=1)
     assert_every_offset_accounted(scenario)
     assert scenario.lost() == []
 
 
 def test_postgres_crashed_and_restarted_mid_batch(spark, scenario, services):
     postgres, _ = services
-    scenario.start(spark, max_offsets=1_000)
-    scenario.send(ids=1_500)
+    scenario.start(spark, max_offsets=500)
+    scenario.send(ids=600)
     # Some tasks of a batch have committed their staging, the merge has not run: crash recovery empties staging.
     scenario.settle(lambda: staging_holds_rows(scenario), 180, "a batch half staged")
     postgres.crash()

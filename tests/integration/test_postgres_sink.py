@@ -13,7 +13,7 @@ from include.contract import tombstone_message
 from include.entities import CHAT_SESSION, LEAD
 from include.schema import STREAM_STAGE_TABLE, quote_ident
 from spark import transforms as T
-from spark.sinks.postgres import PostgresSink, StagingLost, connect
+from spark.sinks.postgres import PostgresSink, StagingLost, TopicRecreated, connect
 from tests.stream_support import T0, chat_message, evento_message, kafka_frame, lead_message
 
 MAX_BYTES = 64 * 1024
@@ -38,7 +38,7 @@ def write(spark, sink):
     merge handed on for Elasticsearch (`actions`: kind -> ids)."""
     offsets = iter(range(0, 1_000_000, 1000))
 
-    def run(values, batch_id=0, start_offset=None):
+    def run(values, batch_id=0, start_offset=None, topic_id=None):
         batch = kafka_frame(spark, values, start_offset=next(offsets) if start_offset is None else start_offset)
         handed = []
 
@@ -46,7 +46,7 @@ def write(spark, sink):
             handed.extend(rows)
             return []
 
-        result = sink.write(batch, batch_id, T.documents_of(MAX_BYTES), index=index)
+        result = sink.write(batch, batch_id, T.documents_of(MAX_BYTES), index=index, topic_id=topic_id)
         actions = {}
         for kind, record_id, *_ in handed:
             actions.setdefault(kind, []).append(record_id)
@@ -215,6 +215,30 @@ def test_the_offset_ledger_records_skipped_and_reset_offsets_once(db, write):
     assert (ledger(), lost()) == ([(0, 11, 2)], [(0, 5, 9, "skipped", 4, 2)])
     write([lead_message() for _ in range(2)], batch_id=3, start_offset=2)  # offsets restarted: topic recreated
     assert (ledger(), lost()[1:]) == ([(0, 3, 3)], [(0, 0, 1, "reset", 11, 3)])
+
+
+def test_a_topic_recreated_under_the_same_name_is_a_reset_even_past_the_old_offsets(db, write):
+    def lost():
+        return db.execute("SELECT kafka_partition, from_offset, to_offset, reason, previous_offset "
+                          "FROM lost_offsets ORDER BY id").fetchall()
+
+    write([lead_message() for _ in range(3)], batch_id=0, start_offset=0, topic_id=lambda: "old")
+    write([lead_message() for _ in range(2)], batch_id=1, start_offset=3, topic_id=lambda: "old")
+    assert lost() == []
+    # The new topic grew past offset 4 before the job read it: offsets look contiguous, the topic id does not.
+    write([lead_message() for _ in range(2)], batch_id=2, start_offset=5, topic_id=lambda: "new")
+    assert lost() == [(0, 0, 4, "reset", 4)]
+    write([lead_message() for _ in range(2)], batch_id=2, start_offset=5, topic_id=lambda: "new")  # a replay
+    assert lost() == [(0, 0, 4, "reset", 4)]
+    assert db.execute("SELECT last_offset, topic_id FROM stream_offsets").fetchall() == [(6, "new")]
+
+    # Recreated while a batch was staged: which topic its records came from is unknown, so it fails.
+    before = snapshot(db, "leads")
+    ids = iter(["new", "newer"])
+    with pytest.raises(TopicRecreated):
+        write([lead_message()], batch_id=3, start_offset=7, topic_id=lambda: next(ids))
+    assert snapshot(db, "leads") == before
+    assert db.execute("SELECT last_offset, topic_id FROM stream_offsets").fetchall() == [(6, "new")]
 
 
 def test_every_session_carries_the_statement_timeout(spark, sink, settings):
