@@ -1,6 +1,7 @@
 """The pipeline's status in one call: streaming job health, Kafka lag, rows per table against documents per index
-against source rows, dead letters (per entity and per reason class, validator errors apart: each is a bug), and
-the data-quality verdict. Used by the MCP server and the demo report.
+against source rows, dead letters (per entity and per reason class, validator errors apart: each is a bug), Kafka
+offset ranges the job never read (lost_offsets), and the data-quality verdict. Used by the MCP server and the demo
+report.
 
 It reads the same observations and the same pure verdict functions as the watchdog and the DQ sensor, through
 connections built from the settings rather than Airflow connections, so it runs anywhere the stack runs.
@@ -9,6 +10,7 @@ connections built from the settings rather than Airflow connections, so it runs 
 from __future__ import annotations
 
 from contextlib import ExitStack, closing
+from dataclasses import asdict
 
 
 def pipeline_status() -> dict:
@@ -45,6 +47,7 @@ def pipeline_status() -> dict:
         "dead_letters": sum(row.dead_letters for row in counts.entities) + counts.unattributed_dead_letters,
         "dead_letters_by_reason": dict(counts.dead_letters_by_reason),
         "validator_errors": counts.validator_errors,
+        "lost_offsets": [{**asdict(lost), "offsets": lost.offsets} for lost in counts.lost_offsets],
         "dq_passed": report.passed,
         "dq_reasons": list(report.reasons),
         "counts": [

@@ -148,22 +148,27 @@ def build_query(spark, config: JobConfig, settings: Settings):
     from spark.sinks.batch import MicroBatchSink
     from spark.sinks.elastic import ElasticsearchSink
     from spark.sinks.postgres import PostgresSink
+    from spark.sinks.topic import TopicIds
 
     from spark.transforms import documents_of
 
     elastic = ElasticsearchSink(settings.es_url, index_prefix=config.es_index_prefix)
     elastic.ensure_indices(ENTITIES)
     documents = documents_of(config.max_payload_bytes, max_version_skew_seconds=config.max_version_skew_seconds)
-    sink = MicroBatchSink(PostgresSink(settings, config.pg_schema), elastic, documents)
+    topic = config.topic or settings.kafka_topic
+    sink = MicroBatchSink(PostgresSink(settings, config.pg_schema), elastic, documents,
+                          TopicIds(settings.kafka_bootstrap, topic))
     spark.conf.set("spark.sql.streaming.minBatchesToRetain", str(config.min_batches_to_retain))
     source = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
-        .option("subscribe", config.topic or settings.kafka_topic)
+        .option("subscribe", topic)
         .option("startingOffsets", config.starting_offsets)
         .option("maxOffsetsPerTrigger", str(config.offsets_per_trigger))
-        # Offsets that vanished (retention) before being read stop the query instead of being skipped.
-        .option("failOnDataLoss", "true")
+        # Offsets that vanished before being read (retention, deleted records, a recreated topic) are skipped
+        # rather than stopping the query for good; the sink's offset ledger records each skipped range in
+        # lost_offsets, which the status report and the data-quality verdict show (spark/sinks/postgres.py).
+        .option("failOnDataLoss", "false")
         # Kafka partitions split into tasks for every core, twice over so a core that ends early takes another:
         # one task per topic partition (3) leaves a core idle half the time on a 2-core machine.
         .option("minPartitions", str(2 * spark.sparkContext.defaultParallelism))

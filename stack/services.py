@@ -200,6 +200,21 @@ class Service:
 
     stop_signal = signal.SIGTERM
 
+    def crash(self) -> None:
+        """Kill the service the way a power cut would, by its recorded pid (SIGKILL: no shutdown of any kind), for
+        the fault tests; restart() brings it back."""
+        pid = self.recorded_pid()
+        if not pid_alive(pid):
+            raise StackError(f"{self.name} is not running (recorded pid {pid}): nothing to crash")
+        log.info("crashing %s (SIGKILL to pid %s)", self.name, pid)
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not pid_alive(pid), 30, f"{self.name} (pid {pid}) to die", self.log_path)
+
+    def restart(self, timeout: float = 180) -> None:
+        """Start the service again (after crash() or stop()) and wait until it is healthy."""
+        self.start()
+        wait_until(lambda: self.health().healthy, timeout, self.name, self.log_path)
+
     def prepare_dirs(self) -> None:
         for folder in (self.home, self.log_path.parent, self.pid_path.parent):
             folder.mkdir(parents=True, exist_ok=True)
@@ -239,6 +254,18 @@ class Postgres(Service):
 
     def fetch(self) -> None:
         self.bin_dir()
+
+    def crash(self) -> None:
+        """`pg_ctl stop -m immediate`: every server process quits at once without a checkpoint, as after a power cut
+        (a SIGKILL of the postmaster alone would leave its backends running); the next start runs crash recovery,
+        which empties UNLOGGED tables."""
+        pid = self.recorded_pid()
+        if not pid_alive(pid):
+            raise StackError(f"{self.name} is not running (recorded pid {pid}): nothing to crash")
+        log.info("crashing %s (pg_ctl stop -m immediate, pid %s)", self.name, pid)
+        subprocess.run(as_service_user([str(self.bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-m", "immediate",
+                                        "-w", "-t", "60", "stop"], service_account()),
+                       check=True, capture_output=True)
 
     def start(self) -> None:
         if self.running():

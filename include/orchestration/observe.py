@@ -15,7 +15,7 @@ from typing import Iterable
 from include.entities import ENTITIES, Entity
 from include.orchestration.checkpoint import kafka_lag, last_committed_batch
 from include.orchestration.health import JobObservation
-from include.orchestration.quality import EntityCounts, QualityCounts
+from include.orchestration.quality import EntityCounts, LostOffsets, QualityCounts
 from include.orchestration.supervision import QueryFiles
 from include.schema import render_sql
 
@@ -129,8 +129,11 @@ def gather_quality_counts(
                          if source is not None and entity.source_table else None),
             dead_letters=int(dead.pop(entity.name, 0)),
         ))
+    lost = _fetch(warehouse, render_sql("quality_lost_offsets.sql", schema=warehouse_schema),
+                  {"window_minutes": window_minutes})
     return QualityCounts(
         entities=tuple(rows),
+        lost_offsets=tuple(LostOffsets(*row) for row in lost),
         unattributed_dead_letters=int(sum(dead.values())),
         dead_letters_by_reason=dict(by_reason),
         heartbeat_age_seconds=heartbeat(warehouse, query_name, warehouse_schema).age_seconds,

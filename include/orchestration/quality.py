@@ -2,7 +2,7 @@
 
 Per entity: Postgres rows against Elasticsearch documents (the two sinks of one stream must agree), against the
 source rows where there is a source (Supabase), and dead letters in the window; for the query: heartbeat
-freshness and Kafka lag. Gaps are allowed up to a percentage of the larger count, rounded down, so on small
+freshness, Kafka lag, and Kafka offsets it never read (lost_offsets, found in the window: any fails the verdict). Gaps are allowed up to a percentage of the larger count, rounded down, so on small
 tables any gap fails. A heartbeat is written per batch and Spark 4 reports nothing while a query is idle, so an
 old heartbeat fails the check only while messages are waiting; a query that never reported fails it always.
 """
@@ -18,6 +18,8 @@ from include.settings import SettingsError, load_settings, setting_name
 
 # Each threshold is the setting PIPELINE_DQ_<FIELD> (include/settings.py).
 SETTING_PREFIX = "dq_"
+# Lost offset ranges named one by one in the verdict's reason; the rest are counted.
+MAX_LOST_RANGES_SHOWN = 3
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,32 @@ class EntityCounts:
 
 
 @dataclass(frozen=True)
+class LostOffsets:
+    """A range of Kafka offsets the streaming job never read (table lost_offsets, spark/sinks/postgres.py)."""
+    topic: str
+    partition: int
+    from_offset: int
+    to_offset: int  # inclusive; below from_offset when a reset skipped none of the new topic's offsets
+    reason: str  # 'skipped' (the broker no longer held them) or 'reset' (the offsets restarted lower)
+    previous_offset: int  # the last offset merged before
+
+    @property
+    def offsets(self) -> int:
+        return max(0, self.to_offset - self.from_offset + 1)
+
+    def describe(self) -> str:
+        where = f"topic {self.topic} partition {self.partition}"
+        if self.reason == "reset":
+            skipped = (f"; new offsets {self.from_offset}-{self.to_offset} were not read either" if self.offsets
+                       else "")
+            return (f"{where} restarted at offset {self.to_offset + 1} after {self.previous_offset} (topic "
+                    f"recreated?): what the old topic held after offset {self.previous_offset} and the job had not "
+                    f"read is lost{skipped}")
+        return (f"{where} offsets {self.from_offset}-{self.to_offset} ({self.offsets}) were gone from the broker "
+                "before the job read them (retention or deleted records)")
+
+
+@dataclass(frozen=True)
 class QualityCounts:
     entities: tuple[EntityCounts, ...]
     # dead letters not attributable to an entity (unparseable JSON, unknown tipo_evento)
@@ -39,6 +67,8 @@ class QualityCounts:
     kafka_lag: int | None
     # reason class (the reason before ": <field>") -> dead letters of the window, every entity and none
     dead_letters_by_reason: Mapping[str, int] = field(default_factory=dict)
+    # offset ranges found lost in the window, oldest first
+    lost_offsets: tuple[LostOffsets, ...] = ()
 
     @property
     def validator_errors(self) -> int:
@@ -121,7 +151,9 @@ def _table(counts: QualityCounts, flagged: set[str]) -> str:
     age = counts.heartbeat_age_seconds
     lines.append(f"heartbeat age: {'none recorded' if age is None else f'{age:.0f} s'}; "
                  f"kafka lag: {'unknown' if counts.kafka_lag is None else counts.kafka_lag}; "
-                 f"validator errors: {counts.validator_errors}")
+                 f"validator errors: {counts.validator_errors}; "
+                 f"lost offsets: {sum(r.offsets for r in counts.lost_offsets)} in {len(counts.lost_offsets)} "
+                 "ranges")
     return "\n".join(lines)
 
 
@@ -140,6 +172,13 @@ def evaluate_quality(counts: QualityCounts, thresholds: QualityThresholds) -> Qu
     if counts.validator_errors:
         reasons.append(f"{counts.validator_errors} dead letters with reason {VALIDATOR_ERROR}: the validator raised "
                        "on them (a bug to fix, then replay them from dead_letters)")
+    if counts.lost_offsets:
+        shown = MAX_LOST_RANGES_SHOWN
+        listed = "; ".join(r.describe() for r in counts.lost_offsets[:shown])
+        more = len(counts.lost_offsets) - shown
+        reasons.append(f"{len(counts.lost_offsets)} Kafka offset ranges never read in the last "
+                       f"{thresholds.window_minutes} min (lost_offsets): {listed}"
+                       + (f"; and {more} more" if more > 0 else ""))
     age = counts.heartbeat_age_seconds
     if age is None:
         reasons.append("no heartbeat recorded for the streaming query")

@@ -4,6 +4,16 @@
 -- whole batch, or a part of it while spark/sinks/postgres.py isolates a row Postgres refuses).
 -- jsonb_populate_record turns each staged document into a row of the target table's own type.
 
+{% macro staged_offsets(stage) -%}
+-- What staging holds of this batch per kind, counted in distinct Kafka records: a task retried after its COPY
+-- committed stages its rows twice, and crash recovery truncates the UNLOGGED table (spark/sinks/postgres.py compares
+-- this with what the tasks reported).
+SELECT s.kind, count(DISTINCT (s.kafka_topic, s.kafka_partition, s.kafka_offset))
+FROM {{ stage | ident }} s
+WHERE s.stage_token = %(token)s
+GROUP BY s.kind
+{%- endmacro %}
+
 {% macro winners(stage, winners) -%}
 -- The newest staged row per entity and id: highest version; on a tie a tombstone, then the later Kafka record.
 -- Also absorbs a row staged twice by a retried task. `n` numbers the winners for ranges; `refused` is set when a
@@ -96,6 +106,49 @@ SELECT 'stream', w.kind, w.refused, w.doc, w.kafka_topic, w.kafka_partition, w.k
 FROM {{ winners | ident }} w
 WHERE w.refused IS NOT NULL
 ON CONFLICT (topic, kafka_partition, kafka_offset) WHERE kafka_offset IS NOT NULL DO NOTHING
+{%- endmacro %}
+
+{% macro batch_offsets(stage, offsets) -%}
+-- The first and last offset this batch read of each topic partition, for the offset ledger.
+CREATE TEMP TABLE {{ offsets | ident }} ON COMMIT DROP AS
+SELECT s.kafka_topic AS topic, s.kafka_partition, min(s.kafka_offset) AS first_offset,
+       max(s.kafka_offset) AS last_offset
+FROM {{ stage | ident }} s
+WHERE s.stage_token = %(token)s
+GROUP BY s.kafka_topic, s.kafka_partition
+{%- endmacro %}
+
+{% macro record_lost_offsets(offsets) -%}
+-- Offsets this batch finds it never read. 'skipped': a batch newer than the ledger's (not a replay), from the same
+-- topic, that does not start right after the last offset merged: the broker no longer held the offsets between
+-- (retention, deleted records); from..to is exact. 'reset': the batch comes from another topic of that name (its id,
+-- %(topic_id)s, differs: deleted and recreated), or a newer batch starts at or below the last offset merged: what
+-- the old topic held after previous_offset and the job had not read is gone with it, and from..to are the new
+-- topic's offsets before the first one read (possibly none).
+INSERT INTO lost_offsets (topic, kafka_partition, from_offset, to_offset, reason, previous_offset, batch_id)
+SELECT b.topic, b.kafka_partition,
+       CASE WHEN r.reset THEN 0 ELSE l.last_offset + 1 END, b.first_offset - 1,
+       CASE WHEN r.reset THEN 'reset' ELSE 'skipped' END, l.last_offset, %(batch_id)s
+FROM {{ offsets | ident }} b
+JOIN stream_offsets l ON l.topic = b.topic AND l.kafka_partition = b.kafka_partition
+CROSS JOIN LATERAL (SELECT l.topic_id <> %(topic_id)s::text
+                           OR (%(batch_id)s > l.batch_id AND b.first_offset <= l.last_offset) AS reset) r
+WHERE r.reset IS TRUE OR (%(batch_id)s > l.batch_id AND b.first_offset > l.last_offset + 1)
+{%- endmacro %}
+
+{% macro advance_offsets(offsets) -%}
+-- The ledger: the last offset merged per topic partition. A replayed batch of the same topic never moves it back;
+-- a newer batch, or one from a recreated topic, sets it (lower after a reset).
+INSERT INTO stream_offsets AS l (topic, kafka_partition, last_offset, batch_id, topic_id)
+SELECT b.topic, b.kafka_partition, b.last_offset, %(batch_id)s, %(topic_id)s
+FROM {{ offsets | ident }} b
+ON CONFLICT (topic, kafka_partition) DO UPDATE SET
+    last_offset = CASE WHEN EXCLUDED.batch_id > l.batch_id OR l.topic_id <> EXCLUDED.topic_id
+                       THEN EXCLUDED.last_offset
+                       ELSE greatest(l.last_offset, EXCLUDED.last_offset) END,
+    batch_id = greatest(l.batch_id, EXCLUDED.batch_id),
+    topic_id = coalesce(EXCLUDED.topic_id, l.topic_id),
+    updated_at = now()
 {%- endmacro %}
 
 {% macro clear_stage(stage) -%}

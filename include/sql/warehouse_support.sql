@@ -50,3 +50,30 @@ CREATE TABLE IF NOT EXISTS extract_cursors (
 -- A bad source row is re-read by every run whose lookback window covers it; record each version once.
 CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_extract_payload
     ON dead_letters (entity, md5(raw_payload)) WHERE stage = 'extract';
+
+-- The offset ledger of the streaming job: the last Kafka offset merged per topic partition, written in the merge's
+-- transaction with the batch it belongs to (stream_merge.sql advance_offsets).
+CREATE TABLE IF NOT EXISTS stream_offsets (
+    topic           text        NOT NULL,
+    kafka_partition integer     NOT NULL,
+    last_offset     bigint      NOT NULL,
+    batch_id        bigint      NOT NULL,   -- the micro-batch that set it: a replay (same or lower) is no gap
+    topic_id        text,                   -- Kafka's id of the topic it was read from (a recreated topic differs)
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (topic, kafka_partition)
+);
+
+-- Kafka offsets the job never read, found by the ledger in the same transaction: 'skipped' (the broker no longer
+-- held them: retention, deleted records) or 'reset' (the partition's offsets restarted lower: topic recreated).
+CREATE TABLE IF NOT EXISTS lost_offsets (
+    id              bigserial   PRIMARY KEY,
+    topic           text        NOT NULL,
+    kafka_partition integer     NOT NULL,
+    from_offset     bigint      NOT NULL,
+    to_offset       bigint      NOT NULL,   -- inclusive; below from_offset when a reset skipped nothing new
+    reason          text        NOT NULL,
+    previous_offset bigint      NOT NULL,   -- the ledger's last offset before
+    batch_id        bigint      NOT NULL,
+    detected_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS lost_offsets_detected_at ON lost_offsets (detected_at);

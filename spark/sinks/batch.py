@@ -39,10 +39,12 @@ class BatchReport:
 
 
 class MicroBatchSink:
-    def __init__(self, postgres: PostgresSink, elastic: ElasticsearchSink, documents: Callable):
+    def __init__(self, postgres: PostgresSink, elastic: ElasticsearchSink, documents: Callable,
+                 topic_id: Callable[[], str] | None = None):
         self.postgres = postgres
         self.elastic = elastic
         self.documents = documents  # transforms.documents_of(max_payload_bytes)
+        self.topic_id = topic_id  # topic.TopicIds of the topic the query reads
 
     def write(self, batch: DataFrame, batch_id: int) -> BatchReport:
         started = time.monotonic()
@@ -54,12 +56,13 @@ class MicroBatchSink:
             bulk["seconds"] = time.monotonic() - bulk_started
             return refused
 
-        merged = self.postgres.write(batch, batch_id, self.documents, index=index)
+        merged = self.postgres.write(batch, batch_id, self.documents, index=index, topic_id=self.topic_id)
         report = BatchReport(merged, bulk["indexed"], round(bulk["seconds"], 3), round(time.monotonic() - started, 3))
         log.info(
-            "batch %s: staged %s; postgres upserted %s, deleted %s, dead letters %s, refused %s; elasticsearch %s; "
-            "seconds: stage %.2f, merge %.2f (bulk %.2f of it), total %.2f",
-            batch_id, merged.staged, merged.upserted, merged.deleted, merged.dead_letters, merged.refused, report.indexed,
+            "batch %s: staged %s; postgres upserted %s, deleted %s, dead letters %s, refused %s, lost offset ranges "
+            "%s; elasticsearch %s; seconds: stage %.2f, merge %.2f (bulk %.2f of it), total %.2f",
+            batch_id, merged.staged, merged.upserted, merged.deleted, merged.dead_letters, merged.refused,
+            merged.lost_offset_ranges, report.indexed,
             merged.stage_seconds, merged.merge_seconds, report.bulk_seconds, report.seconds,
         )
         return report

@@ -5,7 +5,20 @@ JSON object, with its Kafka position) and COPYs them into the UNLOGGED staging t
 token, in its own transaction (stream_staging.sql). Then ONE transaction runs stream_merge.sql: pick the newest
 staged row per id (the winners, with their Kafka position), then, after a savepoint, per entity record tombstones
 in deleted_records, delete tombstoned rows that are not newer and upsert guarded by the version column; then insert
-the dead letters once per Kafka offset and clear the staged rows. No statement is per row.
+the dead letters once per Kafka offset, move the offset ledger and clear the staged rows. No statement is per row.
+
+Staging is UNLOGGED, so Postgres's crash recovery empties it: a crash between the stage and the merge would leave
+the merge nothing, and committing that would mark the batch done with none of its records. The merge therefore
+first counts what staging holds of the batch (distinct Kafka records per kind) and raises StagingLost unless it is
+exactly what the tasks reported; the batch fails before anything commits and is replayed from the checkpoint.
+
+The offset ledger (stream_offsets: the last offset merged per topic partition, with its batch id and the topic's
+id) is moved in the same transaction. A batch newer than the ledger's that does not start right after its last
+offset records the offsets it never read in lost_offsets: 'skipped' when the broker no longer held them (the job
+runs with failOnDataLoss=false, so retention cannot stop it). A batch read from a topic whose id is not the
+ledger's (the topic was deleted and recreated), or newer and starting below the last offset, records a 'reset'.
+The topic id is looked up before and after the stage: a batch during which it changed fails (TopicRecreated) and is
+replayed, so every batch merged belongs to one topic.
 
 Refused by one sink = refused by both. A row Postgres refuses for its data (SQLSTATE class 22 or 23, or 54000: a
 CHECK, a value jsonb_populate_record cannot cast, an index row too large) fails a set-based statement; the
@@ -43,6 +56,7 @@ log = logging.getLogger(__name__)
 
 MERGE_SQL = "stream_merge.sql"
 WINNERS_TABLE = "stream_winners"  # temporary, dropped at commit
+BATCH_OFFSETS_TABLE = "stream_batch_offsets"  # temporary, dropped at commit
 # Staged rows older than this belong to an attempt that died before its merge; any merge sweeps them.
 STALE_STAGE_AFTER = "1 hour"
 # Document columns -> staging columns, in COPY order (after stage_token).
@@ -106,6 +120,16 @@ def stage_partition(settings: Settings, schema: str | None, token: str, document
     return stage
 
 
+class TopicRecreated(RuntimeError):
+    """The topic's id changed while the batch was staged: which topic its records came from is unknown, so it is
+    replayed."""
+
+
+class StagingLost(RuntimeError):
+    """Staging does not hold what the tasks reported staging for the batch (Postgres crash recovery truncated the
+    UNLOGGED table): the merge commits nothing and the batch is replayed."""
+
+
 @dataclass(frozen=True)
 class MergeResult:
     staged: dict[str, int]  # kind -> rows, dead letters included
@@ -114,6 +138,7 @@ class MergeResult:
     dead_letters: int  # rejects and refused rows
     refused: dict[str, int]  # sink -> rows it refused
     index_actions: int
+    lost_offset_ranges: int  # offset ranges this batch found it never read (lost_offsets)
     stage_seconds: float
     merge_seconds: float
 
@@ -144,6 +169,11 @@ class PostgresSink:
         self._refused_dead_letters = render_sql_macro(MERGE_SQL, "insert_refused_dead_letters",
                                                       winners=WINNERS_TABLE)
         self._clear = render_sql_macro(MERGE_SQL, "clear_stage", stage=STREAM_STAGE_TABLE)
+        self._staged_offsets = render_sql_macro(MERGE_SQL, "staged_offsets", stage=STREAM_STAGE_TABLE)
+        self._ledger = [render_sql_macro(MERGE_SQL, "batch_offsets", stage=STREAM_STAGE_TABLE,
+                                         offsets=BATCH_OFFSETS_TABLE)] + [
+            render_sql_macro(MERGE_SQL, macro, offsets=BATCH_OFFSETS_TABLE)
+            for macro in ("record_lost_offsets", "advance_offsets")]
 
     def connect(self, **kwargs) -> psycopg.Connection:
         return warehouse_session(self.settings, self.schema, **kwargs)
@@ -157,28 +187,41 @@ class PostgresSink:
         return dict(totals)
 
     def write(self, batch: DataFrame, batch_id: int, documents: Callable,
-              index: Callable[[Iterator[IndexAction]], Sequence[Refusal]] | None = None) -> MergeResult:
+              index: Callable[[Iterator[IndexAction]], Sequence[Refusal]] | None = None,
+              topic_id: Callable[[], str] | None = None) -> MergeResult:
         """Render, stage and merge one micro-batch of Kafka rows (`documents`: transforms.documents_of); `index`
-        gets the rows Postgres took, before the commit, and returns those it refused."""
+        gets the rows Postgres took, before the commit, and returns those it refused; `topic_id` looks up the id of
+        the topic the batch is read from (spark/sinks/topic.py; None: the ledger does not compare topic ids)."""
         token = str(uuid.uuid4())
         started = time.monotonic()
+        topic_before = topic_id() if topic_id else None
         staged = self.stage(batch, token, documents)
+        topic_after = topic_id() if topic_id else None
+        if topic_before != topic_after:
+            raise TopicRecreated(f"the topic's id changed from {topic_before} to {topic_after} while batch {batch_id} "
+                                 "was staged; it will be replayed")
         staged_at = time.monotonic()
         merged = None
         if staged:
-            params = {"token": token, "batch_id": batch_id, "kind": DEAD_LETTER, "stale_after": STALE_STAGE_AFTER}
+            params = {"token": token, "batch_id": batch_id, "kind": DEAD_LETTER, "stale_after": STALE_STAGE_AFTER,
+                      "topic_id": topic_after}
             with self.connect() as connection:
-                merged = self.merge(connection, params, index)
+                merged = self.merge(connection, params, staged, index)
             # Leaving the `with` block committed the transaction.
-        upserted, deleted, dead_letters, refused, actions = merged or ({}, {}, 0, {}, 0)
-        return MergeResult(staged, upserted, deleted, dead_letters, refused, actions,
+        upserted, deleted, dead_letters, refused, actions, lost = merged or ({}, {}, 0, {}, 0, 0)
+        return MergeResult(staged, upserted, deleted, dead_letters, refused, actions, lost,
                            round(staged_at - started, 3), round(time.monotonic() - staged_at, 3))
 
-    def merge(self, connection: psycopg.Connection, params: dict,
+    def merge(self, connection: psycopg.Connection, params: dict, staged: dict[str, int],
               index: Callable[[Iterator[IndexAction]], Sequence[Refusal]] | None):
-        """The merge transaction of one staged batch (see the module docstring): upserted, deleted, dead letters,
-        refused per sink, index actions."""
+        """The merge transaction of one staged batch (see the module docstring), `staged` being what its tasks
+        reported: upserted, deleted, dead letters, refused per sink, index actions, lost offset ranges."""
         with connection.cursor() as cursor:
+            found = dict(cursor.execute(self._staged_offsets, params).fetchall())
+            if found != staged:
+                raise StagingLost(f"staging holds {found} of batch {params['batch_id']} but its tasks staged "
+                                  f"{staged} (Postgres restarted and emptied the UNLOGGED staging table?); "
+                                  "nothing is committed, the batch will be replayed")
             winners = cursor.execute(self._winners, params).rowcount
             cursor.execute("SAVEPOINT merge")
             merged = self._apply(cursor, winners)
@@ -201,9 +244,15 @@ class PostgresSink:
             dead_letters = cursor.rowcount
             cursor.execute(self._refused_dead_letters, params)
             dead_letters += cursor.rowcount
+            batch_offsets, record_lost, advance = self._ledger
+            cursor.execute(batch_offsets, params)
+            lost = cursor.execute(record_lost, params).rowcount
+            if lost:
+                log.warning("batch %s: %s Kafka offset ranges were never read (lost_offsets)", params["batch_id"], lost)
+            cursor.execute(advance, params)
             cursor.execute(self._clear, params)
         refused = {"postgres": refused_by_postgres, "elasticsearch": len(refused_by_elasticsearch)}
-        return merged.upserted, merged.deleted, dead_letters, refused, actions
+        return merged.upserted, merged.deleted, dead_letters, refused, actions, lost
 
     def _restart(self, cursor, refusals: list[tuple[str, dict]]) -> None:
         """Undo the entity statements, mark refused winners outside the savepoint, and set it again."""

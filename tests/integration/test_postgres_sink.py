@@ -9,12 +9,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from include.connections import warehouse_session
 from include.contract import tombstone_message
 from include.entities import CHAT_SESSION, LEAD
 from include.schema import STREAM_STAGE_TABLE, quote_ident
 from spark import transforms as T
-from include.connections import warehouse_session
-from spark.sinks.postgres import PostgresSink
+from spark.sinks.postgres import PostgresSink, StagingLost, TopicRecreated
 from tests.stream_support import T0, chat_message, evento_message, kafka_frame, lead_message
 
 MAX_BYTES = 64 * 1024
@@ -39,7 +39,7 @@ def write(spark, sink):
     merge handed on for Elasticsearch (`actions`: kind -> ids)."""
     offsets = iter(range(0, 1_000_000, 1000))
 
-    def run(values, batch_id=0, start_offset=None):
+    def run(values, batch_id=0, start_offset=None, topic_id=None):
         batch = kafka_frame(spark, values, start_offset=next(offsets) if start_offset is None else start_offset)
         handed = []
 
@@ -47,7 +47,7 @@ def write(spark, sink):
             handed.extend(rows)
             return []
 
-        result = sink.write(batch, batch_id, T.documents_of(MAX_BYTES), index=index)
+        result = sink.write(batch, batch_id, T.documents_of(MAX_BYTES), index=index, topic_id=topic_id)
         actions = {}
         for kind, record_id, *_ in handed:
             actions.setdefault(kind, []).append(record_id)
@@ -174,6 +174,72 @@ def test_a_failing_merge_rolls_back_the_whole_batch(db, write):
         write([lead_message(), chat_message(), evento_message()])
     assert db.execute("SELECT count(*) FROM leads").fetchone()[0] == 0
     assert db.execute("SELECT count(*) FROM chat_sessions").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("loss", ["TRUNCATE {stage}", "DELETE FROM {stage} WHERE kafka_offset > 0"])
+def test_a_batch_whose_staged_rows_vanished_before_the_merge_commits_nothing(db, sink, write, monkeypatch, loss):
+    # Crash recovery empties an UNLOGGED table: between the tasks' COPY and the merge, as a Postgres restart would.
+    stage = sink.stage
+
+    def stage_then_lose(batch, token, documents):
+        staged = stage(batch, token, documents)
+        db.execute(loss.format(stage=quote_ident(STREAM_STAGE_TABLE)))
+        return staged
+
+    monkeypatch.setattr(sink, "stage", stage_then_lose)
+    values = [lead_message(), chat_message(), "{not json"]
+    with pytest.raises(StagingLost, match="tasks staged"):
+        write(values, batch_id=1, start_offset=0)
+    for table in ("leads", "chat_sessions", "dead_letters", "stream_offsets", "lost_offsets"):
+        assert db.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchone()[0] == 0, table
+
+    monkeypatch.setattr(sink, "stage", stage)
+    replay = write(values, batch_id=1, start_offset=0)
+    assert (replay.upserted["lead"], replay.upserted["chat_session"], replay.dead_letters) == (1, 1, 1)
+
+
+def test_the_offset_ledger_records_skipped_and_reset_offsets_once(db, write):
+    def ledger():
+        return db.execute("SELECT kafka_partition, last_offset, batch_id FROM stream_offsets").fetchall()
+
+    def lost():
+        return db.execute("SELECT kafka_partition, from_offset, to_offset, reason, previous_offset, batch_id "
+                          "FROM lost_offsets ORDER BY id").fetchall()
+
+    write([lead_message() for _ in range(3)], batch_id=0, start_offset=0)  # offsets 0..2
+    write([lead_message() for _ in range(2)], batch_id=1, start_offset=3)  # 3..4: contiguous
+    assert (ledger(), lost()) == ([(0, 4, 1)], [])
+    write([lead_message() for _ in range(2)], batch_id=2, start_offset=10)  # 5..9 deleted before they were read
+    assert (ledger(), lost()) == ([(0, 11, 2)], [(0, 5, 9, "skipped", 4, 2)])
+    write([lead_message() for _ in range(2)], batch_id=2, start_offset=10)  # the same batch replayed: no gap
+    write([lead_message() for _ in range(3)], batch_id=1, start_offset=3)  # an older one: the ledger stays
+    assert (ledger(), lost()) == ([(0, 11, 2)], [(0, 5, 9, "skipped", 4, 2)])
+    write([lead_message() for _ in range(2)], batch_id=3, start_offset=2)  # offsets restarted: topic recreated
+    assert (ledger(), lost()[1:]) == ([(0, 3, 3)], [(0, 0, 1, "reset", 11, 3)])
+
+
+def test_a_topic_recreated_under_the_same_name_is_a_reset_even_past_the_old_offsets(db, write):
+    def lost():
+        return db.execute("SELECT kafka_partition, from_offset, to_offset, reason, previous_offset "
+                          "FROM lost_offsets ORDER BY id").fetchall()
+
+    write([lead_message() for _ in range(3)], batch_id=0, start_offset=0, topic_id=lambda: "old")
+    write([lead_message() for _ in range(2)], batch_id=1, start_offset=3, topic_id=lambda: "old")
+    assert lost() == []
+    # The new topic grew past offset 4 before the job read it: offsets look contiguous, the topic id does not.
+    write([lead_message() for _ in range(2)], batch_id=2, start_offset=5, topic_id=lambda: "new")
+    assert lost() == [(0, 0, 4, "reset", 4)]
+    write([lead_message() for _ in range(2)], batch_id=2, start_offset=5, topic_id=lambda: "new")  # a replay
+    assert lost() == [(0, 0, 4, "reset", 4)]
+    assert db.execute("SELECT last_offset, topic_id FROM stream_offsets").fetchall() == [(6, "new")]
+
+    # Recreated while a batch was staged: which topic its records came from is unknown, so it fails.
+    before = snapshot(db, "leads")
+    ids = iter(["new", "newer"])
+    with pytest.raises(TopicRecreated):
+        write([lead_message()], batch_id=3, start_offset=7, topic_id=lambda: next(ids))
+    assert snapshot(db, "leads") == before
+    assert db.execute("SELECT last_offset, topic_id FROM stream_offsets").fetchall() == [(6, "new")]
 
 
 def test_every_session_carries_the_statement_timeout(spark, sink, settings):

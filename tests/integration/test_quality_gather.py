@@ -10,7 +10,7 @@ import pytest
 
 from include.entities import CHAT_SESSION, ENTITIES, LEAD
 from include.orchestration.observe import es_doc_count, gather_quality_counts, heartbeat, recently_running_queries
-from include.orchestration.quality import EntityCounts, QualityThresholds, evaluate_quality
+from include.orchestration.quality import EntityCounts, LostOffsets, QualityThresholds, evaluate_quality
 from include.schema import ensure_index, quote_ident
 
 
@@ -56,6 +56,9 @@ def test_gathered_counts_and_verdict(settings, warehouse, pg_schema, source_sche
                        "VALUES ('q', 'r1', 0, 5, now() - interval '30 seconds'), "
                        "('q', 'r1', 1, 0, now() - interval '20 seconds'), "
                        "('other', 'r9', 0, 1, now() - interval '3 days')")
+        cursor.execute("INSERT INTO lost_offsets (topic, kafka_partition, from_offset, to_offset, reason, "
+                       "previous_offset, batch_id, detected_at) VALUES ('t', 1, 5, 9, 'skipped', 4, 2, now()), "
+                       "('t', 0, 0, 3, 'reset', 8, 3, now() - interval '2 hours')")
         cursor.execute("RESET search_path")
     warehouse.commit()
 
@@ -92,11 +95,14 @@ def test_gathered_counts_and_verdict(settings, warehouse, pg_schema, source_sche
     assert counts.validator_errors == 1
     assert 19 <= counts.heartbeat_age_seconds < 60
     assert counts.kafka_lag == 2
+    assert counts.lost_offsets == (LostOffsets("t", 1, 5, 9, "skipped", 4),)  # the window leaves the older out
 
     report = evaluate_quality(counts, QualityThresholds(max_dead_letters=4))
-    assert report.reasons == ("chat_session: Postgres has 2 rows but Elasticsearch 1 documents (gap 1 > 0.1%)",
-                              "1 dead letters with reason validator_error: the validator raised on them (a bug to "
-                              "fix, then replay them from dead_letters)")
+    assert report.reasons[:2] == ("chat_session: Postgres has 2 rows but Elasticsearch 1 documents (gap 1 > 0.1%)",
+                                  "1 dead letters with reason validator_error: the validator raised on them (a bug "
+                                  "to fix, then replay them from dead_letters)")
+    assert report.reasons[2].startswith("1 Kafka offset ranges never read in the last 60 min (lost_offsets): topic t "
+                                        "partition 1 offsets 5-9 (5)")
 
     assert heartbeat(warehouse, "nobody", pg_schema).last_recorded_at is None
     assert recently_running_queries(warehouse, dt.timedelta(days=1), pg_schema) == {"q"}

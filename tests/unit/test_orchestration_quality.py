@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from include.orchestration.quality import EntityCounts, QualityCounts, QualityThresholds, evaluate_quality
+from include.orchestration.quality import (EntityCounts, LostOffsets, QualityCounts, QualityThresholds,
+                                          evaluate_quality)
 from include.settings import SettingsError
 
 THRESHOLDS = QualityThresholds(max_sink_gap_pct=1.0, max_source_gap_pct=5.0, max_dead_letters=10,
@@ -95,6 +96,23 @@ def test_validator_errors_are_counted_apart_and_fail_the_verdict_whatever_the_th
     assert report.counts.validator_errors == 2 and "validator errors: 2" in report.table.splitlines()[-1]
     assert report.reasons == ("2 dead letters with reason validator_error: the validator raised on them (a bug to "
                               "fix, then replay them from dead_letters)",)
+
+
+def test_lost_offsets_fail_the_verdict_named_in_words_whatever_the_thresholds():
+    skipped = LostOffsets("eventos", 1, 5, 9, "skipped", 4)
+    reset = LostOffsets("eventos", 0, 0, -1, "reset", 11)
+    reset_past_new = LostOffsets("eventos", 2, 0, 2, "reset", 7)
+    report = evaluate_quality(dataclasses.replace(counts(), lost_offsets=(skipped, reset)), THRESHOLDS)
+    assert not report.passed
+    assert report.reasons == (
+        "2 Kafka offset ranges never read in the last 60 min (lost_offsets): topic eventos partition 1 offsets 5-9 "
+        "(5) were gone from the broker before the job read them (retention or deleted records); topic eventos "
+        "partition 0 restarted at offset 0 after 11 (topic recreated?): what the old topic held after offset 11 and "
+        "the job had not read is lost",)
+    assert "lost offsets: 5 in 2 ranges" in report.table.splitlines()[-1]
+    assert "new offsets 0-2 were not read either" in reset_past_new.describe()
+    many = evaluate_quality(dataclasses.replace(counts(), lost_offsets=(skipped,) * 5), THRESHOLDS)
+    assert many.reasons[0].startswith("5 Kafka offset ranges") and many.reasons[0].endswith("; and 2 more")
 
 
 def test_every_problem_is_reported_at_once():
