@@ -34,6 +34,26 @@ def _source(stack: ExitStack, config: ExtractConfig) -> Source:
     return PostgresSource(stack.enter_context(closing(connection)))
 
 
+def extract_changes_task(params: Mapping[str, Any]) -> dict:
+    """One run of the cdc extraction over every extracted entity; `params` are the DAG's (resnapshot)."""
+    from psycopg.conninfo import make_conninfo
+
+    from include.extract.cdc import CdcExtraction
+
+    config, settings = ExtractConfig.load(), load_settings()
+    source = BaseHook.get_connection(SOURCE_POSTGRES_CONN_ID)
+    dsn = make_conninfo(host=source.host, port=source.port, user=source.login, password=source.password,
+                        dbname=source.schema, **{k: v for k, v in source.extra_dejson.items() if k == "options"})
+    bootstrap = BaseHook.get_connection(KAFKA_CONN_ID).extra_dejson["bootstrap.servers"]
+    with ExitStack() as stack:
+        warehouse = stack.enter_context(closing(PostgresHook(postgres_conn_id=WAREHOUSE_CONN_ID).get_conn()))
+        publisher = stack.enter_context(KafkaPublisher(bootstrap, settings.kafka_topic))
+        extraction = CdcExtraction(dsn, warehouse, publisher, slot=settings.extract_cdc_slot,
+                                   publication=settings.extract_cdc_publication, page_size=config.page_size,
+                                   max_payload_bytes=config.max_payload_bytes)
+        return extraction.run(resnapshot=bool(params.get("resnapshot"))).as_dict()
+
+
 def extract_entity_task(entity_name: str, params: Mapping[str, Any]) -> dict:
     """Run one entity's extraction; `params` are the DAG's (from_timestamp, lookback_seconds)."""
     config = ExtractConfig.load()
