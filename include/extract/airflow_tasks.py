@@ -54,6 +54,23 @@ def extract_changes_task(params: Mapping[str, Any]) -> dict:
         return extraction.run(resnapshot=bool(params.get("resnapshot"))).as_dict()
 
 
+def check_slots_task() -> list[dict]:
+    """The source's logical replication slots against the thresholds; fails naming every problem."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from include.extract.cdc import observe_slots
+
+    settings = load_settings()
+    with closing(PostgresHook(postgres_conn_id=SOURCE_POSTGRES_CONN_ID).get_conn()) as source, \
+            closing(PostgresHook(postgres_conn_id=WAREHOUSE_CONN_ID).get_conn()) as warehouse:
+        slots = observe_slots(source, warehouse, settings.extract_cdc_max_retained_wal_bytes,
+                              settings.extract_cdc_max_confirm_age_seconds)
+    problems = [problem for slot in slots for problem in slot.problems]
+    if problems:
+        raise AirflowFailException("; ".join(problems))
+    return [slot.as_dict() for slot in slots]
+
+
 def extract_entity_task(entity_name: str, params: Mapping[str, Any]) -> dict:
     """Run one entity's extraction; `params` are the DAG's (from_timestamp, lookback_seconds)."""
     config = ExtractConfig.load()

@@ -408,3 +408,73 @@ def _unchanged_toast_message(relation: Relation, columns: list[str]) -> str:
     return (f"an update of {relation.schema}.{relation.table} left {', '.join(columns)} out (unchanged TOASTed "
             f"values) and the table's replica identity gives no old row to take them from: run ALTER TABLE "
             f"{quote_ident(relation.schema)}.{quote_ident(relation.table)} REPLICA IDENTITY FULL")
+
+
+# --- slot safety: a slot nobody reads makes the source keep WAL until its disk fills
+
+_SOURCE_SLOTS = """
+SELECT slot_name, active, wal_status, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint
+FROM pg_replication_slots WHERE slot_type = 'logical' AND database = current_database() ORDER BY slot_name
+"""
+_RECORDED_SLOTS = "SELECT slot_name, coalesce(confirmed_at, created_at) FROM extract_cdc_slots ORDER BY slot_name"
+
+
+@dataclass(frozen=True)
+class SlotHealth:
+    slot: str
+    # None: recorded by the extraction but missing on the source.
+    active: bool | None
+    wal_status: str | None
+    retained_wal_bytes: int | None
+    # Since the extraction last confirmed a position (or created the slot); None for a slot it does not own.
+    confirm_age_seconds: float | None
+    problems: tuple[str, ...]
+
+    def as_dict(self) -> dict:
+        return {"slot": self.slot, "active": self.active, "wal_status": self.wal_status,
+                "retained_wal_bytes": self.retained_wal_bytes, "confirm_age_seconds": self.confirm_age_seconds,
+                "problems": list(self.problems)}
+
+
+def evaluate_slots(source_slots: list[tuple], recorded: dict[str, dt.datetime], now: dt.datetime,
+                   max_retained_wal_bytes: int, max_confirm_age_seconds: float) -> list[SlotHealth]:
+    """Each logical slot of the source database (name, active, wal_status, retained bytes), and each slot the
+    extraction recorded (name -> last confirmation), judged against the thresholds."""
+    verdicts, seen = [], set()
+    for name, active, wal_status, retained in source_slots:
+        seen.add(name)
+        problems = []
+        if wal_status == "lost":
+            problems.append(f"slot {name} was invalidated: the WAL it needed is gone (re-snapshot: the extraction "
+                            "DAG's `resnapshot` param)")
+        if retained is not None and retained > max_retained_wal_bytes:
+            problems.append(f"slot {name} holds back {retained} bytes of WAL on the source "
+                            f"(limit {max_retained_wal_bytes}, PIPELINE_EXTRACT_CDC_MAX_RETAINED_WAL_BYTES)")
+        age = None
+        if name in recorded:
+            age = (now - recorded[name]).total_seconds()
+            if age > max_confirm_age_seconds:
+                problems.append(f"slot {name} was last confirmed {age:.0f} s ago "
+                                f"(limit {max_confirm_age_seconds:g}, PIPELINE_EXTRACT_CDC_MAX_CONFIRM_AGE_SECONDS)")
+        verdicts.append(SlotHealth(name, active, wal_status, retained, age, tuple(problems)))
+    for name, confirmed_at in recorded.items():
+        if name not in seen:
+            verdicts.append(SlotHealth(name, None, None, None, (now - confirmed_at).total_seconds(), (
+                f"slot {name} is recorded by the extraction but missing on the source (dropped): re-snapshot "
+                "with the extraction DAG's `resnapshot` param",)))
+    return verdicts
+
+
+def observe_slots(source, warehouse, max_retained_wal_bytes: int, max_confirm_age_seconds: float
+                  ) -> list[SlotHealth]:
+    """The verdicts over DB-API connections (psycopg 2 or 3) to the source and the warehouse."""
+    rows = []
+    for connection, query in ((source, _SOURCE_SLOTS), (warehouse, _RECORDED_SLOTS)):
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(query)
+                rows.append(cursor.fetchall())
+        finally:
+            connection.rollback()
+    source_slots, recorded = rows
+    return evaluate_slots(source_slots, dict(recorded), now_utc(), max_retained_wal_bytes, max_confirm_age_seconds)

@@ -270,3 +270,77 @@ def test_a_dropped_slot_stops_the_run_until_a_resnapshot(cdc_settings, source_db
     assert again.snapshot_rows == 5
     assert sorted(v["nome"] for v in latest(read_topic, kafka_topic).values()) == ["Bia 2", "Bia 3", "Bia 4",
                                                                                      "Bia 5", "lost"]
+
+
+def test_the_slot_check_fires_when_the_extraction_stops_and_clears_when_it_catches_up(
+        settings, cdc_settings, source_db, source_schema, endpoints, warehouse_db):
+    from include.extract.cdc import observe_slots
+
+    def mine():
+        [slot] = [s for s in observe_slots(source_db, warehouse_db, 256 * 1024, 2)
+                  if s.slot == cdc_settings.extract_cdc_slot]
+        return slot
+
+    leads = f"{quote_ident(source_schema)}.leads"
+    cdc(cdc_settings, endpoints)
+    assert mine().problems == () and mine().active is False
+    # The extraction stops; the source goes on writing.
+    source_db.execute(f"INSERT INTO {leads} (nome, interesse) "
+                      "SELECT 'Caio ' || n, array_fill('interesse'::text, ARRAY[20]) FROM generate_series(1, 3000) n")
+    source_db.commit()
+    time.sleep(2.5)
+    stopped = mine()
+    assert stopped.retained_wal_bytes > 256 * 1024 and stopped.confirm_age_seconds > 2
+    assert any("holds back" in p for p in stopped.problems) and any("last confirmed" in p for p in stopped.problems)
+
+    # Caught up: the slot's restart point moves at the first running-transactions record after the confirmation,
+    # which a checkpoint writes at once.
+    cdc(cdc_settings, endpoints)
+    source_db.execute("CHECKPOINT")
+    source_db.commit()
+    cdc(cdc_settings, endpoints)
+    assert mine().problems == ()
+    source_db.execute("SELECT pg_drop_replication_slot(%s)", [cdc_settings.extract_cdc_slot])
+    source_db.commit()
+    assert "missing on the source" in mine().problems[0] and mine().active is None
+
+
+def test_the_initial_snapshot_under_concurrent_updates_ends_equal_to_the_source(
+        settings, cdc_settings, source_db, source_schema, endpoints, read_topic, kafka_topic):
+    """The slot's exported snapshot and the stream after it meet without a gap: rows updated while the snapshot
+    is copied end, newest by version (what the sinks keep), equal to the source."""
+    leads = f"{quote_ident(source_schema)}.leads"
+    source_db.execute(f"INSERT INTO {leads} (nome, score_qualificacao) "
+                      "SELECT 'Davi ' || n, n FROM generate_series(1, 15000) n")
+    source_db.execute(f"CREATE INDEX ON {leads} (score_qualificacao)")
+    source_db.commit()
+    stop, updates = threading.Event(), []
+
+    def update():
+        with connect_postgres(settings, settings.pg_source_db) as connection:
+            connection.autocommit = True
+            rng = random.Random(3)
+            while not stop.is_set() and len(updates) < 10_000:
+                n = rng.randint(1, 15000)
+                connection.execute(f"UPDATE {leads} SET nome = %s WHERE score_qualificacao = %s",
+                                   [f"Davi {n} v{len(updates)}", n])
+                updates.append(n)
+
+    updater = threading.Thread(target=update, daemon=True)
+    updater.start()
+    try:
+        snapshot = cdc(cdc_settings, endpoints)
+    finally:
+        stop.set()
+        updater.join(timeout=30)
+    final = cdc(cdc_settings, endpoints)
+
+    assert snapshot.snapshot_rows == 15000 and len(updates) > 100
+    assert snapshot.published + final.published > 0, "no update came through the slot after the snapshot"
+    newest: dict[str, dict] = {}
+    for record in read_topic(kafka_topic):
+        held = newest.get(record.key)
+        version = dt.datetime.fromisoformat(record.value["updated_at"])
+        if held is None or version >= dt.datetime.fromisoformat(held["updated_at"]):
+            newest[record.key] = record.value
+    assert {key: value["nome"] for key, value in newest.items()} == source_names(source_db, source_schema)
