@@ -53,6 +53,8 @@ MARKER_PREFIX = "pipeline_cdc_run"
 MARKER_TIMEOUT_S = 20 * 60
 # How long a run waits for the source to show its last confirmation.
 CONFIRM_TIMEOUT_S = 30
+# How long a run waits for a previous run's walsender to let go of the slot.
+INACTIVE_TIMEOUT_S = 30
 
 
 class CdcError(RuntimeError):
@@ -67,6 +69,25 @@ def source_position(commit_lsn: int, index: int) -> str:
     """A change's place in the source's commit order, as a string that sorts as the positions do: the commit
     LSN (16 hex digits) and the change's index in its transaction (8 hex digits)."""
     return f"{commit_lsn:016X}/{index:08X}"
+
+
+def wait_inactive(source, slot: str) -> None:
+    """The walsender of a run that just ended (or was killed) holds the slot until it notices; wait for it."""
+    deadline = time.monotonic() + INACTIVE_TIMEOUT_S
+    while source.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND active", [slot]).fetchone():
+        if time.monotonic() > deadline:
+            raise CdcError(f"replication slot {slot!r} is still in use by another process after "
+                           f"{INACTIVE_TIMEOUT_S} s (another run of the extraction?)")
+        time.sleep(0.1)
+
+
+def drop_slot(source, slot: str) -> bool:
+    """Drop the slot once no walsender holds it, over a psycopg connection to its database; False: none."""
+    if source.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", [slot]).fetchone() is None:
+        return False
+    wait_inactive(source, slot)
+    source.execute("SELECT pg_drop_replication_slot(%s)", [slot])
+    return True
 
 
 @dataclass
@@ -190,8 +211,7 @@ class CdcExtraction:
         import psycopg
 
         with psycopg.connect(self.dsn, autocommit=True) as source:
-            if self._slot_status(source) is not None:
-                source.execute("SELECT pg_drop_replication_slot(%s)", [self.slot])
+            if drop_slot(source, self.slot):
                 log.warning("dropped replication slot %s", self.slot)
         self.state.forget(self.slot)
 
@@ -282,6 +302,7 @@ class CdcExtraction:
                 record, snapshot = self._open_slot(source, cursor)
                 if not record.snapshot_done:
                     self._copy_snapshot(source, record, snapshot, result)
+                wait_inactive(source, self.slot)
                 run_id = uuid.uuid4().hex
                 [marker] = source.execute("SELECT pg_logical_emit_message(false, %s, %s)::text",
                                           [MARKER_PREFIX, run_id]).fetchone()

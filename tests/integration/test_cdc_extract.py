@@ -18,7 +18,7 @@ import time
 import pytest
 
 from include.entities import LEAD
-from include.extract.cdc import SlotLost
+from include.extract.cdc import SlotLost, drop_slot
 from include.extract.config import ExtractConfig
 from include.extract.extractor import RunOptions, extract_entity
 from include.extract.service import connect_postgres, run_cdc
@@ -34,13 +34,7 @@ def cdc_settings(settings, source_schema):
     yield settings.model_copy(update={"extract_cdc_slot": source_schema, "extract_cdc_publication": source_schema})
     with connect_postgres(settings, settings.pg_source_db) as admin:
         admin.autocommit = True
-        # A killed run's walsender may hold the slot for a moment after its client died.
-        deadline = time.monotonic() + 30
-        while admin.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s AND active",
-                            [source_schema]).fetchone() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        admin.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
-                      [source_schema])
+        drop_slot(admin, source_schema)
         admin.execute(f"DROP PUBLICATION IF EXISTS {quote_ident(source_schema)}")
 
 
@@ -257,7 +251,8 @@ def test_a_dropped_slot_stops_the_run_until_a_resnapshot(cdc_settings, source_db
     source_db.execute(f"INSERT INTO {leads} (nome) SELECT 'Bia ' || n FROM generate_series(1, 5) n")
     source_db.commit()
     cdc(cdc_settings, endpoints)
-    source_db.execute("SELECT pg_drop_replication_slot(%s)", [cdc_settings.extract_cdc_slot])
+    drop_slot(source_db, cdc_settings.extract_cdc_slot)
+    source_db.commit()
     source_db.execute(f"UPDATE {leads} SET nome = 'lost' WHERE nome = 'Bia 1'")
     source_db.commit()
 
@@ -300,7 +295,7 @@ def test_the_slot_check_fires_when_the_extraction_stops_and_clears_when_it_catch
     source_db.commit()
     cdc(cdc_settings, endpoints)
     assert mine().problems == ()
-    source_db.execute("SELECT pg_drop_replication_slot(%s)", [cdc_settings.extract_cdc_slot])
+    drop_slot(source_db, cdc_settings.extract_cdc_slot)
     source_db.commit()
     assert "missing on the source" in mine().problems[0] and mine().active is None
 
