@@ -36,7 +36,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 
-from include.contract import SOURCE_POSITION, now_utc, record_message, tombstone_message
+from include.contract import MAX_PAYLOAD_BYTES, SOURCE_POSITION, now_utc, record_message, tombstone_message
 from include.entities import EXTRACTED, Entity
 from include.extract.extractor import encode_page, split_oversized
 from include.extract.pgoutput import (UNCHANGED, Begin, Change, Commit, LogicalMessage, PgOutputDecoder,
@@ -181,7 +181,7 @@ class CdcExtraction:
     publication: str
     schema: str = "public"
     page_size: int = 5000
-    max_payload_bytes: int = 256 * 1024
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES
     entities: tuple[Entity, ...] = EXTRACTED
     _pages: deque = field(default_factory=deque)
 
@@ -192,15 +192,27 @@ class CdcExtraction:
 
     # --- the source's objects
 
-    def _ensure_publication(self, source) -> None:
+    def _ensure_publication(self, source) -> list[Entity]:
+        """Create the publication, or add the tables of entities it lacks (the registry grew); returns those."""
+        def table(entity: Entity) -> str:
+            return f"{quote_ident(self.schema)}.{quote_ident(entity.source_table)}"
+
         exists = source.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", [self.publication]).fetchone()
-        if exists:
-            return
-        tables = ", ".join(f"{quote_ident(self.schema)}.{quote_ident(e.source_table)}" for e in self.entities)
-        # No truncate: it names no rows, so it has no tombstones to give.
-        source.execute(f"CREATE PUBLICATION {quote_ident(self.publication)} FOR TABLE {tables} "
-                       "WITH (publish = 'insert, update, delete')")
-        log.info("created publication %s for %s", self.publication, tables)
+        if not exists:
+            tables = ", ".join(table(e) for e in self.entities)
+            # No truncate: it names no rows, so it has no tombstones to give.
+            source.execute(f"CREATE PUBLICATION {quote_ident(self.publication)} FOR TABLE {tables} "
+                           "WITH (publish = 'insert, update, delete')")
+            log.info("created publication %s for %s", self.publication, tables)
+            return []
+        published = set(source.execute("SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s",
+                                       [self.publication]).fetchall())
+        missing = [e for e in self.entities if (self.schema, e.source_table) not in published]
+        for entity in missing:
+            source.execute(f"ALTER PUBLICATION {quote_ident(self.publication)} ADD TABLE {table(entity)}")
+            log.warning("added %s to publication %s; its existing rows are copied as a snapshot",
+                        table(entity), self.publication)
+        return missing
 
     def _slot_status(self, source) -> tuple | None:
         return source.execute("SELECT wal_status, confirmed_flush_lsn::text FROM pg_replication_slots "
@@ -295,11 +307,18 @@ class CdcExtraction:
         if resnapshot:
             self.drop_slot()
         with psycopg.connect(self.dsn, autocommit=True) as source:
-            self._ensure_publication(source)
+            added = self._ensure_publication(source)
             replication = psycopg2.connect(self.dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection)
             try:
                 cursor = replication.cursor()
                 record, snapshot = self._open_slot(source, cursor)
+                if added and record.snapshot_done:
+                    # A table new to the publication: its rows so far were never published. Copied under a new
+                    # snapshot, as a resumed snapshot is (the stream's replays of older versions lose on version).
+                    progress = {name: done for name, done in record.snapshot_progress.items()
+                                if name not in {e.name for e in added}}
+                    self.state.save_progress(self.slot, progress)
+                    record = self.state.get(self.slot)
                 if not record.snapshot_done:
                     self._copy_snapshot(source, record, snapshot, result)
                 wait_inactive(source, self.slot)

@@ -339,3 +339,23 @@ def test_the_initial_snapshot_under_concurrent_updates_ends_equal_to_the_source(
         if held is None or version >= dt.datetime.fromisoformat(held["updated_at"]):
             newest[record.key] = record.value
     assert {key: value["nome"] for key, value in newest.items()} == source_names(source_db, source_schema)
+
+
+def test_an_entity_new_to_the_publication_has_its_existing_rows_copied(
+        cdc_settings, source_db, source_schema, endpoints, read_topic, kafka_topic):
+    """The registry grew (here: the publication lost a table): the table joins the publication and its rows so far
+    are copied, instead of its changes silently starting from now."""
+    sessions = f"{quote_ident(source_schema)}.chat_sessions"
+    cdc(cdc_settings, endpoints)
+    source_db.execute(f"ALTER PUBLICATION {quote_ident(source_schema)} DROP TABLE {sessions}")
+    source_db.execute(f"INSERT INTO {sessions} (session_token) SELECT 'tok' || n FROM generate_series(1, 4) n")
+    source_db.commit()
+
+    result = cdc(cdc_settings, endpoints)
+    source_db.execute(f"UPDATE {sessions} SET session_token = 'tok1b' WHERE session_token = 'tok1'")
+    source_db.commit()
+    after = cdc(cdc_settings, endpoints)
+
+    assert result.snapshot_rows == 4 and after.published == 1
+    tokens = sorted(v["session_token"] for v in latest(read_topic, kafka_topic).values())
+    assert tokens == ["tok1b", "tok2", "tok3", "tok4"]
