@@ -19,6 +19,10 @@ from typing import Any
 _EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
 
 
+_INT16, _INT32 = struct.Struct("!h"), struct.Struct("!i")
+_TEXT, _NULL, _UNCHANGED_TOAST = b"t"[0], b"n"[0], b"u"[0]
+
+
 class DecodeError(ValueError):
     """A message this decoder does not know how to read."""
 
@@ -108,19 +112,26 @@ class _Reader:
         return _EPOCH + dt.timedelta(microseconds=micros)
 
     def tuple_data(self) -> tuple:
-        (count,) = self.unpack("!h")
+        # Per value of every change: indexing and precompiled structs, no method call per value.
+        data, at = self.data, self.at
+        (count,) = _INT16.unpack_from(data, at)
+        at += 2
         values = []
         for _ in range(count):
-            kind = self.take(1)
-            if kind == b"n":
+            kind = data[at]
+            at += 1
+            if kind == _TEXT:
+                (length,) = _INT32.unpack_from(data, at)
+                at += 4
+                values.append(data[at:at + length])
+                at += length
+            elif kind == _NULL:
                 values.append(None)
-            elif kind == b"u":
+            elif kind == _UNCHANGED_TOAST:
                 values.append(UNCHANGED)
-            elif kind == b"t":
-                (length,) = self.unpack("!i")
-                values.append(self.take(length))
             else:
-                raise DecodeError(f"tuple value of kind {kind!r} (binary mode is not requested)")
+                raise DecodeError(f"tuple value of kind {bytes([kind])!r} (binary mode is not requested)")
+        self.at = at
         return tuple(values)
 
 
