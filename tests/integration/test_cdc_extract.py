@@ -7,6 +7,7 @@ the publication are dropped afterwards.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import random
 import signal
@@ -359,3 +360,24 @@ def test_an_entity_new_to_the_publication_has_its_existing_rows_copied(
     assert result.snapshot_rows == 4 and after.published == 1
     tokens = sorted(v["session_token"] for v in latest(read_topic, kafka_topic).values())
     assert tokens == ["tok1b", "tok2", "tok3", "tok4"]
+
+
+def test_the_watchdogs_slot_task_fails_naming_a_slot_over_its_limit(settings, cdc_settings, source_schema,
+                                                                       endpoints, pg_schema, monkeypatch):
+    """The task body of stream_watchdog's check_slots, through the Airflow connections as the DAG uses them."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from include.extract.airflow_tasks import check_slots_task
+
+    cdc(cdc_settings, endpoints)
+    connections = settings.airflow_connections()
+    monkeypatch.setenv("AIRFLOW_CONN_SUPABASE_POSTGRES", connections["AIRFLOW_CONN_SUPABASE_POSTGRES"])
+    # The warehouse connection, scoped to the test's schema (which holds the slot's record).
+    warehouse = json.loads(connections["AIRFLOW_CONN_WAREHOUSE_POSTGRES"])
+    warehouse["extra"]["options"] += f" -c search_path={pg_schema}"
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE_POSTGRES", json.dumps(warehouse))
+    monkeypatch.setenv("PIPELINE_EXTRACT_CDC_MAX_CONFIRM_AGE_SECONDS", "1")
+    time.sleep(1.5)
+
+    with pytest.raises(AirflowFailException, match=f"slot {source_schema} was last confirmed"):
+        check_slots_task()
