@@ -19,6 +19,11 @@ environment) and brings it back when it is stuck.
    restarts), naming the causes read from the driver logs, the latest first, and the log file. The supervisor
    gives up at the same limit counting crashes only, so a flapping job both stops being resubmitted and alerts.
 
+4. `check_slots` (beside the others) fails the run when a logical replication slot of the Supabase database
+   holds back more WAL than `PIPELINE_EXTRACT_CDC_MAX_RETAINED_WAL_BYTES`, was invalidated, or (the cdc
+   extraction's own) was last confirmed longer ago than `PIPELINE_EXTRACT_CDC_MAX_CONFIRM_AGE_SECONDS`, or is
+   recorded by the extraction but missing: a slot nobody reads keeps WAL until the source's disk fills.
+
 The watchdog never submits a driver itself: `stream_supervisor` owns the driver, so there is one owner and the
 driver lock is never contended. If no supervisor runs, `recover` fails saying so.
 """
@@ -61,7 +66,14 @@ def stream_watchdog():
 
         return watchdog_check_failures()
 
+    @task
+    def check_slots() -> list[dict]:
+        from include.extract.airflow_tasks import check_slots_task
+
+        return check_slots_task()
+
     recover(assess()) >> check_failures()
+    check_slots()
 
 
 stream_watchdog()

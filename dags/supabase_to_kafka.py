@@ -11,13 +11,22 @@ with an older `updated_at` are not lost; downstream upserts are idempotent. Dele
 in `deleted_records`) are published as tombstones under a cursor of their own. Rows that cannot be published
 go to `dead_letters` (stage `extract`) without stopping the page.
 
+With `PIPELINE_EXTRACT_SOURCE=cdc` the DAG has one task instead, `extract_changes`: it reads the source's
+write-ahead log through the logical replication slot `PIPELINE_EXTRACT_CDC_SLOT` (a first run copies the existing
+rows first), publishes every insert, update and delete up to the WAL end at the run's start, and confirms the
+slot's position only after the broker acknowledged everything before it (`include/extract/cdc.py`).
+
 **Params**
 - `from_timestamp`: backfill / replay every row with `updated_at` at or after this ISO time (with offset).
 - `lookback_seconds`: override the lookback window for this run (default `PIPELINE_EXTRACT_LOOKBACK_SECONDS`).
+- `resnapshot` (cdc): drop the slot and start over with an initial snapshot of every row. The only way on after
+  the run failed with "replication slot ... was invalidated" or "... missing on the source": the changes since
+  the slot's last confirmation are gone from the WAL, and a new snapshot is what brings the sinks level again.
 
-**Settings**: `PIPELINE_EXTRACT_SCHEDULE` (default every 10 minutes, read when the DAG file is parsed),
-`PIPELINE_EXTRACT_SOURCE` (`postgres` through connection `supabase_postgres`, or `rest` through `supabase_api`),
-`PIPELINE_EXTRACT_PAGE_SIZE`. Connections: `warehouse_postgres`, `kafka_default`.
+**Settings**: `PIPELINE_EXTRACT_SCHEDULE` (default every 10 minutes) and `PIPELINE_EXTRACT_SOURCE` (both read
+when the DAG file is parsed: `postgres` through connection `supabase_postgres`, `rest` through `supabase_api`,
+`cdc` through `supabase_postgres` with REPLICATION rights), `PIPELINE_EXTRACT_PAGE_SIZE`,
+`PIPELINE_EXTRACT_CDC_*`. Connections: `warehouse_postgres`, `kafka_default`.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import datetime as dt
 from airflow.sdk import Param, dag, task
 
 from include.entities import EXTRACTED
-from include.extract.config import schedule_from_environ
+from include.extract.config import schedule_from_environ, source_from_environ
 from include.orchestration.assets import kafka_topic
 from include.orchestration.dag_defaults import dag_arguments
 
@@ -49,6 +58,8 @@ EVENTOS_TOPIC = kafka_topic()
                                 description="Replay rows with updated_at >= this ISO-8601 time (with offset)"),
         "lookback_seconds": Param(None, type=["null", "integer"], minimum=0,
                                   description="Lookback window for this run; empty uses the setting"),
+        "resnapshot": Param(False, type="boolean",
+                            description="cdc: drop the replication slot and start over with an initial snapshot"),
     },
 )
 def supabase_to_kafka():
@@ -58,7 +69,16 @@ def supabase_to_kafka():
 
         return extract_entity_task(entity_name, params or {})
 
-    extract.expand(entity_name=[entity.name for entity in EXTRACTED])
+    @task(outlets=[EVENTOS_TOPIC])
+    def extract_changes(params: dict | None = None) -> dict:
+        from include.extract.airflow_tasks import extract_changes_task
+
+        return extract_changes_task(params or {})
+
+    if source_from_environ() == "cdc":
+        extract_changes()
+    else:
+        extract.expand(entity_name=[entity.name for entity in EXTRACTED])
 
 
 supabase_to_kafka()

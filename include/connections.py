@@ -73,6 +73,18 @@ def postgres_connection(conn_id: str = WAREHOUSE_CONN_ID, schema: str | None = N
     return connection
 
 
+def postgres_conninfo(conn_id: str = SUPABASE_DB_CONN_ID) -> str:
+    """A libpq conninfo string from an Airflow connection, for clients that open their own connections (the cdc
+    extraction's replication connection); the extras' `options` (the statement timeout) are kept."""
+    from airflow.sdk import BaseHook
+    from psycopg.conninfo import make_conninfo
+
+    connection = BaseHook.get_connection(conn_id)
+    return make_conninfo(host=connection.host, port=connection.port, user=connection.login,
+                         password=connection.password, dbname=connection.schema,
+                         **{k: v for k, v in connection.extra_dejson.items() if k == "options"})
+
+
 def kafka_bootstrap(conn_id: str = KAFKA_CONN_ID) -> str:
     """The bootstrap servers of the Airflow Kafka connection."""
     from airflow.sdk import BaseHook

@@ -23,6 +23,9 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 TIPO_EVENTO = "tipo_evento"
 PROCESSADO_EM = "processado_em"
 DELETED = "deleted"
+# Messages of the cdc extraction carry where the change sits in the source's commit order (include/extract/cdc.py,
+# `source_position`): a string that sorts as the positions do.
+SOURCE_POSITION = "source_position"
 ENVELOPE_FIELDS = (TIPO_EVENTO, PROCESSADO_EM, DELETED)
 # How far a version (the entity's version column) may be ahead of the consumer's clock. A version in the future
 # would make every real update of its record stale until then; producers' and consumers' clocks differ by seconds.

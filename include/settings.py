@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     supabase_key: str = ""
 
     # --- extraction (include/extract/config.py)
-    extract_source: Literal["postgres", "rest"] = "postgres"
+    extract_source: Literal["postgres", "rest", "cdc"] = "postgres"
     # Unset: the source's default page size.
     extract_page_size: Positive | None = None
     extract_lookback_seconds: NonNegative = 300
@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     extract_rest_clock_margin_seconds: NonNegative = 30
     extract_max_payload_bytes: Positive = MAX_PAYLOAD_BYTES
     extract_schedule: str = "*/10 * * * *"
+    # cdc mode (include/extract/cdc.py): the logical replication slot and publication it owns on the source, and
+    # when a slot counts as neglected: the WAL it holds back on the source, and the age of its last confirmation.
+    extract_cdc_slot: str = "pipeline_cdc"
+    extract_cdc_publication: str = "pipeline_cdc"
+    extract_cdc_max_retained_wal_bytes: Positive = 1024 * 1024 * 1024
+    extract_cdc_max_confirm_age_seconds: Positive = 3600
 
     # --- the streaming job's operation (include/orchestration/config.py)
     # Unset: <state_dir>/checkpoints.

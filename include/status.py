@@ -1,7 +1,7 @@
 """The pipeline's status in one call: streaming job health, Kafka lag, rows per table against documents per index
 against source rows, dead letters (per entity and per reason class, validator errors apart: each is a bug), Kafka
-offset ranges the job never read (lost_offsets), and the data-quality verdict. Used by the MCP server and the demo
-report.
+offset ranges the job never read (lost_offsets), the source's logical replication slots (retained WAL, age of the
+last confirmation) and the data-quality verdict. Used by the MCP server and the demo report.
 
 It reads the same observations and the same pure verdict functions as the watchdog and the DQ sensor, through
 connections built from the settings rather than Airflow connections, so it runs anywhere the stack runs.
@@ -17,6 +17,7 @@ def pipeline_status() -> dict:
     from elasticsearch import Elasticsearch
 
     from include.connections import source_session, warehouse_session
+    from include.extract.cdc import observe_slots
     from include.orchestration.config import StreamOpsConfig
     from include.orchestration.health import classify_job_health
     from include.orchestration.observe import gather_quality_counts, observe_job
@@ -34,6 +35,8 @@ def pipeline_status() -> dict:
             topic=settings.kafka_topic, checkpoint=config.checkpoint, query_name=config.query_name,
             window_minutes=thresholds.window_minutes, warehouse_schema=config.pg_schema,
             index_prefix=config.es_index_prefix, source_schema=config.source_schema)
+        slots = observe_slots(source, warehouse, settings.extract_cdc_max_retained_wal_bytes,
+                              settings.extract_cdc_max_confirm_age_seconds)
         health = classify_job_health(
             observe_job(config.checkpoint, config.query_name, warehouse, settings.kafka_bootstrap,
                         settings.kafka_topic, config.pg_schema), config.health)
@@ -56,4 +59,8 @@ def pipeline_status() -> dict:
             for row in counts.entities
         ],
         "table": report.table,
+        # Logical replication slots of the source (the cdc extraction's and any other): WAL each holds back, age
+        # of the extraction's last confirmation, and what is over its threshold.
+        "cdc_slots": [slot.as_dict() for slot in slots],
+        "cdc_slot_problems": [problem for slot in slots for problem in slot.problems],
     }

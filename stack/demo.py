@@ -116,6 +116,10 @@ def main() -> int:
     print(f"  Postgres rows == Elasticsearch docs for every entity: {'yes' if sinks_agree else 'NO'}")
     print(f"  data-quality verdict: {'PASS' if status['dq_passed'] else 'FAIL'}"
           + "".join(f"\n    - {reason}" for reason in status["dq_reasons"]))
+    for slot in status["cdc_slots"]:
+        print(f"  replication slot {slot['slot']}: {slot['retained_wal_bytes']} bytes of WAL held back, last "
+              f"confirmed {slot['confirm_age_seconds']} s ago"
+              + "".join(f"\n    - {problem}" for problem in slot["problems"]))
     api_port = settings.airflow_api_port
     print(f"\nAirflow UI: `make airflow`, then http://127.0.0.1:{api_port} (the login is printed there)."
           "\nMCP server: `.state/venv/bin/python -m include.pipeline_mcp` (see README).")

@@ -228,6 +228,13 @@ class Service:
         return process.pid
 
 
+# The Supabase stand-in is read by logical replication in `cdc` mode (include/extract/cdc.py), as hosted Supabase
+# allows: wal_level=logical, and room for the pipeline's slot plus the tests' own uuid-named slots and walsenders.
+# The initdb superuser that runs the extraction locally has REPLICATION, and initdb's pg_hba.conf admits replication
+# connections from loopback.
+LOGICAL_REPLICATION_OPTIONS = "-c wal_level=logical -c max_replication_slots=32 -c max_wal_senders=32"
+
+
 class Postgres(Service):
     name = "postgres"
     stop_signal = signal.SIGINT  # PostgreSQL's "fast" shutdown: roll back clients, checkpoint, exit.
@@ -269,7 +276,11 @@ class Postgres(Service):
 
     def start(self) -> None:
         if self.running():
-            return
+            if self.wal_level() == "logical":
+                return
+            # A server started before the stack asked for logical replication: the setting needs a restart.
+            log.info("restarting postgres for wal_level=logical")
+            self.stop()
         self.check_port_free(self.settings.pg_port, "PIPELINE_PG_PORT")
         account = service_account()
         self.prepare_dirs()
@@ -288,10 +299,17 @@ class Postgres(Service):
         for path in (self.home, socket_dir, self.log_path):
             chown_tree(path, account)
         options = (f"-c listen_addresses={self.settings.pg_host} -p {self.settings.pg_port} "
-                   f"-c unix_socket_directories={socket_dir} -c shared_buffers=256MB -c max_connections=200")
+                   f"-c unix_socket_directories={socket_dir} -c shared_buffers=256MB -c max_connections=200 "
+                   f"{LOGICAL_REPLICATION_OPTIONS}")
         subprocess.run(as_service_user(
             [str(self.bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path), "-o", options,
              "-w", "-t", "60", "start"], account), check=True, capture_output=True)
+
+    def wal_level(self) -> str:
+        import psycopg
+
+        with psycopg.connect(self.settings.pg_dsn("postgres"), connect_timeout=10) as connection:
+            return connection.execute("SHOW wal_level").fetchone()[0]
 
     def health(self) -> Health:
         import psycopg

@@ -10,7 +10,7 @@ import logging
 
 from include.entities import EXTRACTED
 from include.extract.config import ExtractConfig, parse_from_timestamp
-from include.extract.service import Endpoints, get_supabase_stats, inject_event, run_extraction
+from include.extract.service import Endpoints, get_supabase_stats, inject_event, run_cdc, run_extraction
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--lookback-seconds", type=int, help="override PIPELINE_EXTRACT_LOOKBACK_SECONDS")
     run.add_argument("--page-size", type=int, help="override PIPELINE_EXTRACT_PAGE_SIZE")
     run.add_argument("--max-rows", type=int, help="stop each stream after this many rows")
+    run.add_argument("--resnapshot", action="store_true",
+                     help="cdc: drop the replication slot and start over with an initial snapshot")
     commands.add_parser("stats", help="row counts in the source")
     inject = commands.add_parser("inject", help="publish one generic event")
     inject.add_argument("evento")
@@ -38,7 +40,11 @@ def main(argv: list[str] | None = None) -> None:
 
     endpoints = Endpoints(args.source_schema, args.warehouse_schema, args.topic, args.bootstrap)
     config = ExtractConfig.load()
-    if args.command == "run":
+    if args.command == "run" and config.source == "cdc":
+        if args.page_size:
+            config = dataclasses.replace(config, page_size=args.page_size)
+        output = run_cdc(config=config, endpoints=endpoints, resnapshot=args.resnapshot).as_dict()
+    elif args.command == "run":
         if args.page_size:
             config = dataclasses.replace(config, page_size=args.page_size)
         options = config.run_options(

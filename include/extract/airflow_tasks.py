@@ -10,7 +10,7 @@ from contextlib import ExitStack, closing
 from typing import Any, Mapping
 
 from include.connections import (SUPABASE_DB_CONN_ID, WAREHOUSE_CONN_ID, kafka_bootstrap, postgres_connection,
-                                  supabase_api)
+                                  postgres_conninfo, supabase_api)
 from include.entities import BY_NAME
 from include.extract.config import ExtractConfig, parse_from_timestamp
 from include.extract.extractor import extract_entity
@@ -20,12 +20,42 @@ from include.extract.state import ExtractState
 from include.settings import load_settings
 
 
-
 def _source(stack: ExitStack, config: ExtractConfig) -> Source:
     if config.source == "rest":
         url, key = supabase_api()
         return SupabaseRestSource.connect(url, key, clock_margin=config.rest_clock_margin)
     return PostgresSource(stack.enter_context(closing(postgres_connection(SUPABASE_DB_CONN_ID))))
+
+
+def extract_changes_task(params: Mapping[str, Any]) -> dict:
+    """One run of the cdc extraction over every extracted entity; `params` are the DAG's (resnapshot)."""
+    from include.extract.cdc import CdcExtraction
+
+    config, settings = ExtractConfig.load(), load_settings()
+    with ExitStack() as stack:
+        warehouse = stack.enter_context(closing(postgres_connection(WAREHOUSE_CONN_ID)))
+        publisher = stack.enter_context(KafkaPublisher(kafka_bootstrap(), settings.kafka_topic))
+        extraction = CdcExtraction(postgres_conninfo(SUPABASE_DB_CONN_ID), warehouse, publisher, slot=settings.extract_cdc_slot,
+                                   publication=settings.extract_cdc_publication, page_size=config.page_size,
+                                   max_payload_bytes=config.max_payload_bytes)
+        return extraction.run(resnapshot=bool(params.get("resnapshot"))).as_dict()
+
+
+def check_slots_task() -> list[dict]:
+    """The source's logical replication slots against the thresholds; fails naming every problem."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from include.extract.cdc import observe_slots
+
+    settings = load_settings()
+    with closing(postgres_connection(SUPABASE_DB_CONN_ID)) as source, \
+            closing(postgres_connection(WAREHOUSE_CONN_ID)) as warehouse:
+        slots = observe_slots(source, warehouse, settings.extract_cdc_max_retained_wal_bytes,
+                              settings.extract_cdc_max_confirm_age_seconds)
+    problems = [problem for slot in slots for problem in slot.problems]
+    if problems:
+        raise AirflowFailException("; ".join(problems))
+    return [slot.as_dict() for slot in slots]
 
 
 def extract_entity_task(entity_name: str, params: Mapping[str, Any]) -> dict:

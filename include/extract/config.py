@@ -14,11 +14,11 @@ from include.extract.extractor import (DEFAULT_ALLOWED_SKEW, DEFAULT_LOOKBACK, D
 from include.extract.sources import DEFAULT_REST_CLOCK_MARGIN
 from include.settings import SettingsError, load_settings
 
-SOURCES = ("postgres", "rest")
+SOURCES = ("postgres", "rest", "cdc")
 # Rows per page by source. PostgREST cuts a larger page to its db-max-rows; the direct connection has no cap, and
 # a larger page spreads each page's fixed costs (the source's statements, the producer's batches, the cursor's
 # commit) over more rows; 5000 keeps the pages held at once (those in flight and the one being read) near 20 MB.
-DEFAULT_PAGE_SIZES = {"postgres": 5000, "rest": DEFAULT_PAGE_SIZE}
+DEFAULT_PAGE_SIZES = {"postgres": 5000, "rest": DEFAULT_PAGE_SIZE, "cdc": 5000}
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,12 @@ def parse_from_timestamp(value: str | None) -> dt.datetime | None:
 def schedule_from_environ(environ: Mapping[str, str] | None = None) -> str:
     """The DAG's schedule, read when the DAG file is parsed (so no secret is needed)."""
     return load_settings(environ, require_secrets=False).extract_schedule
+
+
+def source_from_environ(environ: Mapping[str, str] | None = None) -> str:
+    """PIPELINE_EXTRACT_SOURCE, read when the DAG file is parsed: `cdc` reads one slot for every entity, in one
+    task; the pollers run one mapped task per entity."""
+    return load_settings(environ, require_secrets=False).extract_source
 
 
 def topic_asset_uri(environ: Mapping[str, str] | None = None) -> str:

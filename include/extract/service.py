@@ -84,6 +84,23 @@ def run_extraction(entity_names: list[str] | None = None, options: RunOptions | 
         return pipeline.run(entities, options or config.run_options())
 
 
+def run_cdc(*, settings: Settings | None = None, config: ExtractConfig | None = None,
+            endpoints: Endpoints = Endpoints(), resnapshot: bool = False):
+    """One run of the cdc extraction (include/extract/cdc.py) over every extracted entity."""
+    from include.extract.cdc import CdcExtraction
+
+    settings = settings or load_settings()
+    config = config or ExtractConfig.load()
+    with ExitStack() as stack:
+        warehouse = stack.enter_context(closing(
+            pg_session(settings, settings.pg_warehouse_db, endpoints.warehouse_schema)))
+        extraction = CdcExtraction(
+            settings.pg_dsn(settings.pg_source_db), warehouse, _open_publisher(stack, settings, endpoints),
+            slot=settings.extract_cdc_slot, publication=settings.extract_cdc_publication,
+            schema=endpoints.source_schema, page_size=config.page_size, max_payload_bytes=config.max_payload_bytes)
+        return extraction.run(resnapshot=resnapshot)
+
+
 def sync_leads_to_kafka(limit: int | None = None, hours_ago: float | None = None, *,
                         settings: Settings | None = None, config: ExtractConfig | None = None,
                         endpoints: Endpoints = Endpoints()) -> dict:

@@ -18,3 +18,7 @@ CREATE OR REPLACE TRIGGER {{ (entity.source_table ~ "_set_updated_at") | ident }
 CREATE OR REPLACE TRIGGER {{ (entity.source_table ~ "_capture_delete") | ident }}
     AFTER DELETE ON {{ schema | ident }}.{{ entity.source_table | ident }}
     FOR EACH ROW EXECUTE FUNCTION {{ schema | ident }}.pipeline_capture_delete('{{ entity.name }}');
+
+-- For the cdc extraction: an update that leaves a TOASTed value (a long text, array or jsonb) unchanged gets no
+-- value for it in the WAL, only in the old row, which the WAL holds whole only under REPLICA IDENTITY FULL.
+ALTER TABLE {{ schema | ident }}.{{ entity.source_table | ident }} REPLICA IDENTITY FULL;

@@ -77,3 +77,17 @@ CREATE TABLE IF NOT EXISTS lost_offsets (
     detected_at     timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS lost_offsets_detected_at ON lost_offsets (detected_at);
+
+-- The logical replication slot of the cdc extraction (include/extract/cdc.py), per slot name: where its initial
+-- snapshot stands and its last confirmed position. A slot recorded here but missing or invalidated on the source
+-- stops the extraction, which never silently starts over from the source's present.
+CREATE TABLE IF NOT EXISTS extract_cdc_slots (
+    slot_name          text        PRIMARY KEY,
+    consistent_lsn     pg_lsn      NOT NULL,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    snapshot_done      boolean     NOT NULL DEFAULT false,
+    -- Per entity, the last key of the snapshot the broker acknowledged.
+    snapshot_progress  jsonb       NOT NULL DEFAULT '{}',
+    confirmed_lsn      pg_lsn,
+    confirmed_at       timestamptz
+);

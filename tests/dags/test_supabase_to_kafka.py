@@ -21,6 +21,7 @@ def _dag():
 def test_one_mapped_extract_task_per_extracted_entity_with_the_topic_as_outlet(monkeypatch):
     monkeypatch.setenv("PIPELINE_KAFKA_TOPIC", "eventos_dag_test")
     monkeypatch.delenv("PIPELINE_EXTRACT_SCHEDULE", raising=False)
+    monkeypatch.setenv("PIPELINE_EXTRACT_SOURCE", "postgres")
     dag = _dag()
 
     [task] = dag.tasks
@@ -29,10 +30,19 @@ def test_one_mapped_extract_task_per_extracted_entity_with_the_topic_as_outlet(m
     assert asset.uri.startswith("kafka://") and asset.uri.endswith("/eventos_dag_test")
     assert task.retries >= 2 and task.retry_exponential_backoff
     assert dag.timetable.expression == "*/10 * * * *"
-    assert set(dag.params) == {"from_timestamp", "lookback_seconds"}
+    assert set(dag.params) == {"from_timestamp", "lookback_seconds", "resnapshot"}
     assert dag.max_active_runs == 1
 
 
 def test_schedule_is_configurable_through_the_environment(monkeypatch):
     monkeypatch.setenv("PIPELINE_EXTRACT_SCHEDULE", "0 * * * *")
     assert _dag().timetable.expression == "0 * * * *"
+
+
+def test_cdc_mode_is_one_task_reading_the_slot_for_every_entity(monkeypatch):
+    monkeypatch.setenv("PIPELINE_EXTRACT_SOURCE", "cdc")
+    [task] = _dag().tasks
+    assert task.task_id == "extract_changes" and not hasattr(task, "op_kwargs_expand_input")
+    [asset] = task.outlets
+    assert asset.uri.startswith("kafka://")
+    assert task.retries >= 2

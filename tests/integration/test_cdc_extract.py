@@ -1,0 +1,384 @@
+"""The cdc extraction on the real Postgres (the Supabase stand-in, wal_level=logical) and Kafka.
+
+Every test owns a uuid-named source schema, warehouse schema, topic, publication and replication slot; the slot and
+the publication are dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from include.connections import pg_session
+from include.entities import LEAD
+from include.extract.cdc import SlotLost, drop_slot
+from include.extract.config import ExtractConfig
+from include.extract.extractor import RunOptions, extract_entity
+from include.extract.service import run_cdc
+from include.schema import quote_ident
+from include.settings import REPO_ROOT
+
+CDC = ExtractConfig(source="cdc")
+
+
+@pytest.fixture
+def cdc_settings(settings, source_schema):
+    """Settings naming a slot and a publication of the test's own (the source schema's uuid name)."""
+    yield settings.model_copy(update={"extract_cdc_slot": source_schema, "extract_cdc_publication": source_schema})
+    with pg_session(settings, settings.pg_source_db) as admin:
+        admin.autocommit = True
+        drop_slot(admin, source_schema)
+        admin.execute(f"DROP PUBLICATION IF EXISTS {quote_ident(source_schema)}")
+
+
+def cdc(cdc_settings, endpoints, **kwargs):
+    return run_cdc(settings=cdc_settings, config=CDC, endpoints=endpoints, **kwargs)
+
+
+def latest(read_topic, topic) -> dict[str, dict]:
+    """Each key's newest cdc message on the topic by source position (what a newest-wins sink ends with)."""
+    newest: dict[str, dict] = {}
+    for record in read_topic(topic):
+        if "source_position" not in record.value:
+            continue
+        held = newest.get(record.key)
+        if held is None or record.value["source_position"] >= held["source_position"]:
+            newest[record.key] = record.value
+    return newest
+
+
+def source_names(source_db, schema) -> dict[str, str]:
+    rows = source_db.execute(f"SELECT id::text, nome FROM {quote_ident(schema)}.leads").fetchall()
+    source_db.commit()
+    return dict(rows)
+
+
+def test_a_transaction_committing_after_the_lookback_is_missed_by_the_poller_and_published_by_cdc(
+        settings, cdc_settings, restricted_source_db, source_db, source_schema, pg_schema, kafka_topic,
+        endpoints, read_topic):
+    """The poller's documented limit (a role that cannot see other sessions' transaction starts, as hosted
+    Supabase's, or the REST source): a row stamped before the lookback window and committed after the cursor
+    passed it is never read. The WAL has it at its commit."""
+    from include.extract.publisher import KafkaPublisher
+    from include.extract.sources import PostgresSource
+    from include.extract.state import ExtractState
+
+    leads = f"{quote_ident(source_schema)}.leads"
+    late_id = source_db.execute(f"INSERT INTO {leads} (nome) VALUES ('Lúcia') RETURNING id::text").fetchone()[0]
+    source_db.commit()
+    lookback = dt.timedelta(seconds=1)
+    with pg_session(settings, settings.pg_warehouse_db, pg_schema) as warehouse, \
+            KafkaPublisher(settings.kafka_bootstrap, kafka_topic) as publisher:
+        def poll():
+            options = RunOptions(page_size=50, lookback=lookback, safety_margin=dt.timedelta(0))
+            return extract_entity(LEAD, PostgresSource(restricted_source_db, source_schema),
+                                  ExtractState(warehouse), publisher, options).records
+
+        assert poll().published == 1
+        assert cdc(cdc_settings, endpoints).snapshot_rows == 1
+        with pg_session(settings, settings.pg_source_db) as slow:
+            # updated_at is stamped now, by the trigger; nobody sees the update until the commit below.
+            slow.execute(f"UPDATE {leads} SET nome = 'Lúcia Atrasada' WHERE id = %s", [late_id])
+            time.sleep(lookback.total_seconds() * 1.5)
+            source_db.execute(f"INSERT INTO {leads} (nome) VALUES ('Inês')")
+            source_db.commit()
+            assert not poll().cursor_held, "the poller moved its cursor past the open transaction's row"
+            slow.commit()
+        poll()
+        polled_names = {r.value["nome"] for r in read_topic(kafka_topic) if r.key == late_id}
+        assert polled_names == {"Lúcia"}, "the late update is behind the cursor and outside the lookback"
+
+        result = cdc(cdc_settings, endpoints)
+
+    assert result.published == 2 and result.transactions == 2
+    published = [r.value for r in read_topic(kafka_topic) if r.key == late_id]
+    assert published[-1]["nome"] == "Lúcia Atrasada"
+    assert latest(read_topic, kafka_topic)[late_id]["nome"] == "Lúcia Atrasada"
+
+
+def test_deletes_are_tombstones_with_no_trigger_and_no_deleted_records_table(
+        cdc_settings, source_db, source_schema, endpoints, read_topic, kafka_topic):
+    schema = quote_ident(source_schema)
+    source_db.execute(f"DROP TABLE {schema}.deleted_records")
+    source_db.execute(f"DROP FUNCTION {schema}.pipeline_capture_delete() CASCADE")
+    source_db.execute(f"INSERT INTO {schema}.leads (nome) SELECT 'Ana ' || n FROM generate_series(1, 10) n")
+    source_db.commit()
+    assert cdc(cdc_settings, endpoints).snapshot_rows == 10
+    deleted = [row[0] for row in source_db.execute(
+        f"DELETE FROM {schema}.leads WHERE nome IN ('Ana 2', 'Ana 5', 'Ana 7') RETURNING id::text").fetchall()]
+    [(commit_time,)] = source_db.execute("SELECT clock_timestamp()").fetchall()
+    source_db.commit()
+    assert source_db.execute("SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
+                             "AND t.tgname LIKE '%%delete%%'", [source_schema]).fetchone()[0] == 0
+
+    result = cdc(cdc_settings, endpoints)
+
+    assert result.tombstones == 3 and result.published == 0 and result.transactions == 1
+    tombstones = [r for r in read_topic(kafka_topic) if r.value.get("deleted")]
+    assert sorted(r.key for r in tombstones) == sorted(deleted)
+    positions = sorted(r.value["source_position"] for r in tombstones)
+    # One transaction: one commit LSN, the changes' indexes 0, 1, 2.
+    assert len({p.split("/")[0] for p in positions}) == 1 and [p.split("/")[1] for p in positions] == [
+        "00000000", "00000001", "00000002"]
+    for record in tombstones:
+        deleted_at = dt.datetime.fromisoformat(record.value["updated_at"])
+        assert abs(deleted_at - commit_time) < dt.timedelta(seconds=5) and record.value["tipo_evento"] == "lead"
+    assert set(latest(read_topic, kafka_topic)) == set(source_names(source_db, source_schema)) | set(deleted)
+
+
+class Writer(threading.Thread):
+    """Commits small transactions of inserts, updates (each to a value never used before) and deletes, and
+    records what each committed transaction left."""
+
+    def __init__(self, settings, schema: str, seed: int):
+        super().__init__(daemon=True)
+        self.settings, self.leads = settings, f"{quote_ident(schema)}.leads"
+        self.random, self.stop, self.transactions, self.error = random.Random(seed), threading.Event(), 0, None
+        self.committed: list[tuple[str, str | None]] = []  # (id, nome) for every upsert; (id, None) for a delete
+
+    def run(self):
+        try:
+            with pg_session(self.settings, self.settings.pg_source_db) as connection:
+                counter = 0
+                while not self.stop.is_set():
+                    ids = [r[0] for r in connection.execute(
+                        f"SELECT id::text FROM {self.leads} ORDER BY random() LIMIT 6").fetchall()]
+                    changes = []
+                    for _ in range(3):
+                        counter += 1
+                        name = f"w{counter}"
+                        changes.append((connection.execute(
+                            f"INSERT INTO {self.leads} (nome) VALUES (%s) RETURNING id::text", [name]
+                        ).fetchone()[0], name))
+                    for record_id in ids[:4]:
+                        counter += 1
+                        connection.execute(f"UPDATE {self.leads} SET nome = %s WHERE id = %s",
+                                           [f"w{counter}", record_id])
+                        changes.append((record_id, f"w{counter}"))
+                    for record_id in ids[4:5]:
+                        connection.execute(f"DELETE FROM {self.leads} WHERE id = %s", [record_id])
+                        changes.append((record_id, None))
+                    connection.commit()
+                    self.committed += changes
+                    self.transactions += 1
+                    time.sleep(self.random.uniform(0, 0.01))
+        except BaseException as error:  # re-raised by the test's join()
+            self.error = error
+
+    def join_checked(self):
+        self.stop.set()
+        self.join(timeout=30)
+        if self.error:
+            raise self.error
+
+
+def test_killed_three_times_mid_run_under_concurrent_writes_loses_no_committed_change(
+        settings, cdc_settings, source_db, source_schema, pg_schema, endpoints, warehouse_db, kafka_topic,
+        read_topic):
+    leads = f"{quote_ident(source_schema)}.leads"
+    source_db.execute(f"INSERT INTO {leads} (nome, score_qualificacao) "
+                      "SELECT 'seed ' || n, n FROM generate_series(1, 20000) n")
+    source_db.execute(f"CREATE INDEX ON {leads} (score_qualificacao)")
+    source_db.commit()
+    source_db.autocommit = True
+    command = [sys.executable, "-m", "include.extract", "run", "--page-size", "200", "--source-schema",
+               source_schema, "--warehouse-schema", pg_schema, "--topic", kafka_topic]
+    environment = os.environ | {"PIPELINE_EXTRACT_SOURCE": "cdc", "PIPELINE_EXTRACT_CDC_SLOT": source_schema,
+                                "PIPELINE_EXTRACT_CDC_PUBLICATION": source_schema}
+    # Changes committed before the slot exists reach Kafka as the snapshot's rows, not one by one: the writer
+    # starts once the first run created the slot.
+    writer = Writer(settings, source_schema, seed=7)
+    kills = attempt = 0
+    try:
+        while kills < 3 and attempt < 8:
+            attempt += 1
+            # A backlog for the run to be in the middle of: the writer's transactions since the last run, and
+            # 3,000 one-row transactions more.
+            source_db.execute(f"""DO $$ BEGIN FOR n IN 1..3000 LOOP
+                UPDATE {leads} SET nome = 'bulk{attempt}-' || n WHERE score_qualificacao = n; COMMIT;
+                END LOOP; END $$""")
+            process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE)
+            try:
+                before = warehouse_db.execute("SELECT confirmed_at FROM extract_cdc_slots").fetchone()
+                deadline = time.monotonic() + 60
+                # Killed once it has confirmed a position (the first time: once the snapshot is under way), with
+                # pages sent and not yet acknowledged.
+                while process.poll() is None and time.monotonic() < deadline:
+                    if not writer.is_alive() and warehouse_db.execute("SELECT 1 FROM extract_cdc_slots").fetchone():
+                        writer.start()
+                    now = warehouse_db.execute(
+                        "SELECT confirmed_at, snapshot_progress::text FROM extract_cdc_slots").fetchone()
+                    if now and (now[0] != (before and before[0]) or (attempt == 1 and now[1] != "{}")):
+                        break
+                    time.sleep(0.01)
+                time.sleep(random.uniform(0, 0.1))
+                process.send_signal(signal.SIGKILL)
+                process.wait(timeout=30)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+            # A run that finished before the signal is no kill; the next attempt brings a new backlog.
+            assert process.returncode in (0, -signal.SIGKILL), process.stderr.read().decode()[-2000:]
+            kills += process.returncode == -signal.SIGKILL
+    finally:
+        if writer.is_alive():
+            writer.join_checked()
+
+    cdc(cdc_settings, endpoints)
+
+    assert kills == 3 and writer.transactions > 50
+    on_kafka = {(r.key, None if r.value.get("deleted") else r.value["nome"]) for r in read_topic(kafka_topic)}
+    missing = [change for change in writer.committed if change not in on_kafka]
+    assert not missing, f"{len(missing)} committed changes never reached Kafka, e.g. {missing[:5]}"
+    newest = latest(read_topic, kafka_topic)
+    alive = {key: value["nome"] for key, value in newest.items() if not value.get("deleted")}
+    assert alive == source_names(source_db, source_schema)
+
+
+def test_a_dropped_slot_stops_the_run_until_a_resnapshot(cdc_settings, source_db, source_schema, endpoints,
+                                                         read_topic, kafka_topic):
+    leads = f"{quote_ident(source_schema)}.leads"
+    source_db.execute(f"INSERT INTO {leads} (nome) SELECT 'Bia ' || n FROM generate_series(1, 5) n")
+    source_db.commit()
+    cdc(cdc_settings, endpoints)
+    drop_slot(source_db, cdc_settings.extract_cdc_slot)
+    source_db.commit()
+    source_db.execute(f"UPDATE {leads} SET nome = 'lost' WHERE nome = 'Bia 1'")
+    source_db.commit()
+
+    with pytest.raises(SlotLost, match="missing on the source.*resnapshot"):
+        cdc(cdc_settings, endpoints)
+    with pytest.raises(SlotLost):
+        cdc(cdc_settings, endpoints)
+    again = cdc(cdc_settings, endpoints, resnapshot=True)
+
+    assert again.snapshot_rows == 5
+    assert sorted(v["nome"] for v in latest(read_topic, kafka_topic).values()) == ["Bia 2", "Bia 3", "Bia 4",
+                                                                                     "Bia 5", "lost"]
+
+
+def test_the_slot_check_fires_when_the_extraction_stops_and_clears_when_it_catches_up(
+        settings, cdc_settings, source_db, source_schema, endpoints, warehouse_db):
+    from include.extract.cdc import observe_slots
+
+    def mine():
+        [slot] = [s for s in observe_slots(source_db, warehouse_db, 256 * 1024, 2)
+                  if s.slot == cdc_settings.extract_cdc_slot]
+        return slot
+
+    leads = f"{quote_ident(source_schema)}.leads"
+    cdc(cdc_settings, endpoints)
+    assert mine().problems == () and mine().active is False
+    # The extraction stops; the source goes on writing.
+    source_db.execute(f"INSERT INTO {leads} (nome, interesse) "
+                      "SELECT 'Caio ' || n, array_fill('interesse'::text, ARRAY[20]) FROM generate_series(1, 3000) n")
+    source_db.commit()
+    time.sleep(2.5)
+    stopped = mine()
+    assert stopped.retained_wal_bytes > 256 * 1024 and stopped.confirm_age_seconds > 2
+    assert any("holds back" in p for p in stopped.problems) and any("last confirmed" in p for p in stopped.problems)
+
+    # Caught up: the slot's restart point moves at the first running-transactions record after the confirmation,
+    # which a checkpoint writes at once.
+    cdc(cdc_settings, endpoints)
+    source_db.execute("CHECKPOINT")
+    source_db.commit()
+    cdc(cdc_settings, endpoints)
+    assert mine().problems == ()
+    drop_slot(source_db, cdc_settings.extract_cdc_slot)
+    source_db.commit()
+    assert "missing on the source" in mine().problems[0] and mine().active is None
+
+
+def test_the_initial_snapshot_under_concurrent_updates_ends_equal_to_the_source(
+        settings, cdc_settings, source_db, source_schema, endpoints, read_topic, kafka_topic):
+    """The slot's exported snapshot and the stream after it meet without a gap: rows updated while the snapshot
+    is copied end, newest by version (what the sinks keep), equal to the source."""
+    leads = f"{quote_ident(source_schema)}.leads"
+    source_db.execute(f"INSERT INTO {leads} (nome, score_qualificacao) "
+                      "SELECT 'Davi ' || n, n FROM generate_series(1, 15000) n")
+    source_db.execute(f"CREATE INDEX ON {leads} (score_qualificacao)")
+    source_db.commit()
+    stop, updates = threading.Event(), []
+
+    def update():
+        with pg_session(settings, settings.pg_source_db) as connection:
+            connection.autocommit = True
+            rng = random.Random(3)
+            while not stop.is_set() and len(updates) < 10_000:
+                n = rng.randint(1, 15000)
+                connection.execute(f"UPDATE {leads} SET nome = %s WHERE score_qualificacao = %s",
+                                   [f"Davi {n} v{len(updates)}", n])
+                updates.append(n)
+
+    updater = threading.Thread(target=update, daemon=True)
+    updater.start()
+    try:
+        snapshot = cdc(cdc_settings, endpoints)
+    finally:
+        stop.set()
+        updater.join(timeout=30)
+    final = cdc(cdc_settings, endpoints)
+
+    assert snapshot.snapshot_rows == 15000 and len(updates) > 100
+    assert snapshot.published + final.published > 0, "no update came through the slot after the snapshot"
+    newest: dict[str, dict] = {}
+    for record in read_topic(kafka_topic):
+        held = newest.get(record.key)
+        version = dt.datetime.fromisoformat(record.value["updated_at"])
+        if held is None or version >= dt.datetime.fromisoformat(held["updated_at"]):
+            newest[record.key] = record.value
+    assert {key: value["nome"] for key, value in newest.items()} == source_names(source_db, source_schema)
+
+
+def test_an_entity_new_to_the_publication_has_its_existing_rows_copied(
+        cdc_settings, source_db, source_schema, endpoints, read_topic, kafka_topic):
+    """The registry grew (here: the publication lost a table): the table joins the publication and its rows so far
+    are copied, instead of its changes silently starting from now."""
+    sessions = f"{quote_ident(source_schema)}.chat_sessions"
+    cdc(cdc_settings, endpoints)
+    source_db.execute(f"ALTER PUBLICATION {quote_ident(source_schema)} DROP TABLE {sessions}")
+    source_db.execute(f"INSERT INTO {sessions} (session_token) SELECT 'tok' || n FROM generate_series(1, 4) n")
+    source_db.commit()
+
+    result = cdc(cdc_settings, endpoints)
+    source_db.execute(f"UPDATE {sessions} SET session_token = 'tok1b' WHERE session_token = 'tok1'")
+    source_db.commit()
+    after = cdc(cdc_settings, endpoints)
+
+    assert result.snapshot_rows == 4 and after.published == 1
+    tokens = sorted(v["session_token"] for v in latest(read_topic, kafka_topic).values())
+    assert tokens == ["tok1b", "tok2", "tok3", "tok4"]
+
+
+def test_the_watchdogs_slot_task_fails_naming_a_slot_over_its_limit(settings, cdc_settings, source_schema,
+                                                                       endpoints, pg_schema, monkeypatch):
+    """The task body of stream_watchdog's check_slots, through the Airflow connections as the DAG uses them."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from include.extract.airflow_tasks import check_slots_task
+
+    cdc(cdc_settings, endpoints)
+    connections = settings.airflow_connections()
+    monkeypatch.setenv("AIRFLOW_CONN_SUPABASE_POSTGRES", connections["AIRFLOW_CONN_SUPABASE_POSTGRES"])
+    # The warehouse connection, scoped to the test's schema (which holds the slot's record).
+    warehouse = json.loads(connections["AIRFLOW_CONN_WAREHOUSE_POSTGRES"])
+    warehouse["extra"]["options"] += f" -c search_path={pg_schema}"
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE_POSTGRES", json.dumps(warehouse))
+    monkeypatch.setenv("PIPELINE_EXTRACT_CDC_MAX_CONFIRM_AGE_SECONDS", "1")
+    time.sleep(1.5)
+
+    with pytest.raises(AirflowFailException, match=f"slot {source_schema} was last confirmed"):
+        check_slots_task()
