@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import uuid
 from contextlib import contextmanager
@@ -39,6 +40,14 @@ except SettingsError:
     _AIRFLOW_ENVIRONMENT = {**airflow_code_environment(), "AIRFLOW_HOME": str(REPO_ROOT / ".state" / "airflow-unit")}
 # Over whatever the shell exported (`eval "$(python -m stack env)"` names the user's Airflow).
 os.environ.update(_AIRFLOW_ENVIRONMENT)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_airflow_home_removed():
+    """Whatever Airflow writes into the tests' home (DAG parsing does too) goes with the session; the e2e fixture
+    `airflow_metadata` drops the database."""
+    yield
+    shutil.rmtree(os.environ["PIPELINE_AIRFLOW_HOME"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
