@@ -62,7 +62,8 @@ test: up
 test-unit: install
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
-# Airflow's UI, scheduler, DAG processor and triggerer in the background, on loopback; prints URL and login.
+# Airflow's UI, scheduler, DAG processor and triggerer in the background, on loopback; prints URL and login. Its DAGs
+# are created unpaused: the pipeline runs by itself (README, "Airflow").
 airflow: up
 	$(PY) -m stack airflow-ui
 

@@ -25,7 +25,7 @@ from include.entities import ENTITIES
 from include.schema import apply_sql, ensure_index, quote_ident, source_ddl, warehouse_ddl
 from include.settings import REPO_ROOT, Settings, load_settings
 from stack.__main__ import init_airflow
-from stack.services import airflow_services, pid_alive
+from stack.services import AirflowComponent, airflow_services, pid_alive
 from tests.conftest import owned_index_prefix, owned_topic, unique_name
 
 AIRFLOW_INSTANCE = "airflow_instance"
@@ -110,7 +110,6 @@ class AirflowInstance:
 
     env: dict
     settings: Settings
-    started: subprocess.CompletedProcess
     url: str
     password: str
     _token: str = field(default="", repr=False)
@@ -163,7 +162,7 @@ class AirflowInstance:
             if result:
                 return result
             if time.monotonic() > deadline:
-                scheduler_log = self.settings.resolved_airflow_home / "logs" / "airflow-scheduler.log"
+                scheduler_log = AirflowComponent(self.settings, "scheduler").log_path
                 tail = scheduler_log.read_text(errors="replace")[-3000:] if scheduler_log.exists() else ""
                 raise AssertionError(f"{what}: not within {timeout:.0f} s; scheduler log tail:\n{tail}")
             time.sleep(interval)
@@ -190,7 +189,7 @@ def airflow_instance(settings, tmp_path_factory):
             try:
                 login = re.search(r"Airflow UI: (http://\S+)\s+\(login: admin / (\S+)\)", started.stdout)
                 assert started.returncode == 0 and login, started.stdout + started.stderr
-                instance = AirflowInstance(env, instance_settings, started, *login.groups())
+                instance = AirflowInstance(env, instance_settings, *login.groups())
                 # On a fresh metadata database the DAG processor needs a moment to parse the folder.
                 instance.wait_for("every DAG file parsed", lambda: instance.dag_files() == DAG_FILES, timeout=180)
                 yield instance
@@ -203,7 +202,7 @@ def airflow_instance(settings, tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
-    # The tests sharing one Airflow run last, the UI's first and the browser's after the scheduler's (its deploy
-    # run must not meet the supervised driver), so that Airflow stops as soon as they are done.
+    # The tests sharing one Airflow run last, so that it stops (session teardown) as soon as they are done; the UI's
+    # first, as it checks what a user finds (every DAG unpaused) before the others pause what they started.
     order = {"test_airflow_ui.py": 0, "test_airflow_scheduler.py": 1, "test_airflow_browser.py": 2}
     items.sort(key=lambda item: (AIRFLOW_INSTANCE in item.fixturenames, order.get(Path(str(item.fspath)).name, 0)))
