@@ -16,7 +16,8 @@ help:
 	@echo "make up | down | status | airflow | bench"
 
 # Debian packages the stack needs: PostgreSQL server, Java for Kafka/Elasticsearch/Spark, Maven to fetch them,
-# docker-compose to validate the production compose file (no Docker engine is needed for that).
+# docker-compose to validate the production compose file (no Docker engine is needed for that), Chromium and its
+# driver for the browser test of the Airflow UI.
 system-deps:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
@@ -24,6 +25,8 @@ system-deps:
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	command -v setpriv >/dev/null || missing="$$missing util-linux"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "need root (or install them yourself):$$missing"; exit 1; fi; \
@@ -59,7 +62,8 @@ test: up
 test-unit: install
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
-# Airflow's UI, scheduler, DAG processor and triggerer in the background, on loopback; prints URL and login.
+# Airflow's UI, scheduler, DAG processor and triggerer in the background, on loopback; prints URL and login. Its DAGs
+# are created unpaused: the pipeline runs by itself (README, "Airflow").
 airflow: up
 	$(PY) -m stack airflow-ui
 

@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     spark_master: str = "local[2]"
     spark_driver_memory: str = "2g"
     airflow_api_port: Port = 18080
+    # Unset: <state_dir>/airflow. Tests point it (and pg_airflow_db) at their own, never at the user's Airflow.
+    airflow_home: Path | None = None
     supabase_url: str = ""
     supabase_key: str = ""
 
@@ -119,6 +121,10 @@ class Settings(BaseSettings):
         """Every setting as its `PIPELINE_*` variable, for a process that must see exactly these values (a driver
         running from its release zip, where no `.env` is at hand)."""
         return {setting_name(field): str(value) for field, value in self if value is not None}
+
+    @property
+    def resolved_airflow_home(self) -> Path:
+        return self.airflow_home or self.state_dir / "airflow"
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -181,11 +187,13 @@ class Settings(BaseSettings):
 
     def airflow_environment(self) -> dict[str, str]:
         """Environment for any `airflow` command run against the local stack."""
-        home = self.state_dir / "airflow"
+        home = self.resolved_airflow_home
         return {
             **airflow_code_environment(),
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            # The pipeline runs by itself once Airflow runs (README, "Airflow"); a DAG someone paused stays paused.
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": (
                 f"postgresql+psycopg2://{quote(self.pg_user)}:{quote(self.pg_password, safe='')}"
                 f"@{self.pg_host}:{self.pg_port}/{self.pg_airflow_db}"

@@ -14,6 +14,7 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,14 +47,15 @@ def airflow_command(settings, args: list[str], **kwargs) -> subprocess.Completed
 
 
 def init_airflow(settings) -> None:
-    """Migrate Airflow's metadata database once per Airflow version."""
+    """Create and migrate Airflow's metadata database once per Airflow version and home."""
     from importlib.metadata import version
 
-    marker = settings.state_dir / "airflow" / f".migrated-{version('apache-airflow')}"
+    marker = settings.resolved_airflow_home / f".migrated-{version('apache-airflow')}"
     if marker.exists():
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
-    log.info("migrating the Airflow metadata database")
+    Postgres(settings).create_databases((settings.pg_airflow_db,))
+    log.info("migrating the Airflow metadata database %s", settings.pg_airflow_db)
     result = airflow_command(settings, ["db", "migrate"], capture_output=True, text=True)
     if result.returncode != 0:
         raise StackError(f"airflow db migrate failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
@@ -105,7 +107,8 @@ def down(_args) -> int:
     with stack_lock(state_dir):
         settings = load_settings()
         # Reverse order: consumers of Postgres and Kafka go first.
-        for service in [*airflow_services(settings), *reversed(all_services(settings))]:
+        stop_airflow(settings)
+        for service in reversed(all_services(settings)):
             service.stop()
     log.info("stack stopped")
     return 0
@@ -127,10 +130,17 @@ def airflow_ui(args) -> int:
     return 0
 
 
+def stop_airflow(settings) -> None:
+    """Stop Airflow's processes side by side: each may take its time to end its work (the scheduler waits for its
+    running tasks), and none needs another to stop."""
+    components = airflow_services(settings)
+    with ThreadPoolExecutor(len(components)) as pool:
+        list(pool.map(lambda component: component.stop(), components))
+
+
 def airflow_down(_args) -> int:
     with stack_lock(state_dir_from_env()):
-        for component in airflow_services():
-            component.stop()
+        stop_airflow(load_settings())
     return 0
 
 

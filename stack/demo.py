@@ -22,6 +22,7 @@ import time
 
 from include.settings import load_settings
 from stack.__main__ import airflow_command
+from stack.services import airflow_services
 
 log = logging.getLogger("demo")
 DEMO_LEADS = 500
@@ -82,6 +83,12 @@ def select_checkout_release() -> str:
 def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     settings = load_settings()
+    if any(component.running() for component in airflow_services(settings)):
+        # Its scheduler runs the pipeline itself: its stream_supervisor owns the job, and the demo's driver would
+        # find the checkpoint taken.
+        print("Airflow is running (`make airflow`) and runs the pipeline by itself; stop it first with "
+              "`.state/venv/bin/python -m stack airflow-down`, or trigger the DAGs from its UI.", file=sys.stderr)
+        return 2
     print("== 1. schema")
     run_dag(settings, "warehouse_schema")
     print("== 2. source")

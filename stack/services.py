@@ -322,12 +322,15 @@ class Postgres(Service):
         except psycopg.Error as error:
             return Health(self.name, False, str(error).strip().splitlines()[0], pid)
 
-    def create_databases(self) -> None:
+    def create_databases(self, databases: tuple[str, ...] | None = None) -> None:
+        """The given databases (default: the warehouse, the source stand-in and Airflow's), when missing."""
         import psycopg
         from psycopg import sql
 
+        if databases is None:
+            databases = (self.settings.pg_warehouse_db, self.settings.pg_source_db, self.settings.pg_airflow_db)
         with psycopg.connect(self.settings.pg_dsn("postgres"), autocommit=True) as connection:
-            for database in (self.settings.pg_warehouse_db, self.settings.pg_source_db, self.settings.pg_airflow_db):
+            for database in databases:
                 exists = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
                 if not exists:
                     connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
@@ -568,6 +571,11 @@ class AirflowComponent(Service):
         self.component = component
         self.name = f"airflow-{component}"
         super().__init__(settings)
+        # Pid and log under the instance's home: another home (the tests') is another instance, started and
+        # stopped without touching the user's.
+        self.home = settings.resolved_airflow_home
+        self.log_path = self.home / "logs" / f"{self.name}.log"
+        self.pid_path = self.home / "run" / f"{self.name}.pid"
 
     def fetch(self) -> None:
         pass

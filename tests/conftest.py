@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,18 @@ if str(REPO_ROOT) not in sys.path:
 
 from include.settings import SettingsError, airflow_code_environment, load_settings  # noqa: E402
 
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+# Tests run Airflow on a metadata database and home of their own (created by the e2e fixture `airflow_metadata`,
+# removed afterwards), never on those `make airflow` shows the user: their runs, failed ones included, stay theirs.
+TEST_AIRFLOW_DB = unique_name("test_airflow")
+os.environ["PIPELINE_PG_AIRFLOW_DB"] = TEST_AIRFLOW_DB
+os.environ["PIPELINE_AIRFLOW_HOME"] = str(load_settings(require_secrets=False).state_dir / "test-airflow"
+                                          / TEST_AIRFLOW_DB)
+
 # Airflow reads its configuration when first imported: point it at the local stack before any test imports it.
 try:
     _AIRFLOW_ENVIRONMENT = load_settings().airflow_environment()
@@ -24,12 +38,16 @@ except SettingsError:
     # No stack configured yet (e.g. `make test-unit` on a fresh clone): unit tests parse DAGs and need no services,
     # so Airflow gets this repo's code and a SQLite home of its own.
     _AIRFLOW_ENVIRONMENT = {**airflow_code_environment(), "AIRFLOW_HOME": str(REPO_ROOT / ".state" / "airflow-unit")}
-for _name, _value in _AIRFLOW_ENVIRONMENT.items():
-    os.environ.setdefault(_name, _value)
+# Over whatever the shell exported (`eval "$(python -m stack env)"` names the user's Airflow).
+os.environ.update(_AIRFLOW_ENVIRONMENT)
 
 
-def unique_name(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+@pytest.fixture(scope="session", autouse=True)
+def test_airflow_home_removed():
+    """Whatever Airflow writes into the tests' home (DAG parsing does too) goes with the session; the e2e fixture
+    `airflow_metadata` drops the database."""
+    yield
+    shutil.rmtree(os.environ["PIPELINE_AIRFLOW_HOME"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -94,25 +112,41 @@ def es(settings):
     client.close()
 
 
-@pytest.fixture
-def es_prefix(es):
+@contextmanager
+def owned_index_prefix(es):
     """A uuid prefix for index names; every index under it is deleted afterwards."""
     prefix = unique_name("test")
-    yield prefix
-    es.indices.delete(index=f"{prefix}*", ignore_unavailable=True, allow_no_indices=True, expand_wildcards="all")
+    try:
+        yield prefix
+    finally:
+        es.indices.delete(index=f"{prefix}*", ignore_unavailable=True, allow_no_indices=True, expand_wildcards="all")
 
 
-@pytest.fixture
-def kafka_topic(settings):
+@contextmanager
+def owned_topic(settings):
     """A uuid-named topic with the configured partition count; deleted afterwards."""
     from kafka.admin import KafkaAdminClient, NewTopic
 
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="pytest")
     name = unique_name("test")
     admin.create_topics([NewTopic(name, num_partitions=settings.kafka_partitions, replication_factor=1)])
-    yield name
-    admin.delete_topics([name])
-    admin.close()
+    try:
+        yield name
+    finally:
+        admin.delete_topics([name])
+        admin.close()
+
+
+@pytest.fixture
+def es_prefix(es):
+    with owned_index_prefix(es) as prefix:
+        yield prefix
+
+
+@pytest.fixture
+def kafka_topic(settings):
+    with owned_topic(settings) as name:
+        yield name
 
 
 @pytest.fixture

@@ -6,10 +6,12 @@ import datetime as dt
 import decimal
 import json
 import uuid
+from pathlib import Path
 from typing import Iterable
 
 from include.contract import encode, message_key, record_message
 from include.entities import BY_TIPO_EVENTO, CHAT_SESSION, EVENTO, LEAD
+from include.orchestration.driver_lock import process_stat
 
 KAFKA_SCHEMA = "key binary, value binary, topic string, partition int, offset long, timestamp timestamp"
 UTC = dt.timezone.utc
@@ -175,3 +177,24 @@ def poison_catalog(max_payload_bytes: int) -> list[tuple[str, object, str]]:
         ("future version", dict(lead_message(), updated_at="9999-12-31T23:59:59Z"),
          f"{VERSION_OUT_OF_RANGE}: updated_at"),
     ]
+
+
+def driver_jvms(checkpoint_root: Path) -> set[int]:
+    """Live driver JVMs (`java ... org.apache.spark.deploy.SparkSubmit ...`) whose arguments name this checkpoint
+    root. Not drivers: the launch scripts (bash spark-class, and Spark's launcher JVM, which names SparkSubmit as
+    an argument) and a child the driver is forking (the python driver, PySpark's daemon), which shows the
+    driver's command line until it execs."""
+    found: dict[int, int] = {}  # pid -> parent pid
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if (argv[0].endswith(b"/java") and b"org.apache.spark.deploy.SparkSubmit" in argv
+                and b"org.apache.spark.launcher.Main" not in argv and str(checkpoint_root).encode() in argv
+                and process_stat(int(entry.name))):
+            found[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    return {pid for pid, parent in found.items() if parent not in found}

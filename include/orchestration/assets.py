@@ -23,10 +23,8 @@ def kafka_topic() -> Asset:
 
 
 def sink_assets() -> list[Asset]:
-    """The warehouse tables (postgres://host:port/database/schema/table) and the search indices."""
-    settings = load_settings(require_secrets=False)
-    pg = f"{settings.pg_host}:{settings.pg_port}"
-    database = settings.pg_warehouse_db
-    es = f"{settings.es_host}:{settings.es_port}"
-    return ([Asset(name=f"warehouse_{e.table}", uri=f"postgres://{pg}/{database}/public/{e.table}") for e in ENTITIES]
-            + [Asset(name=f"search_{e.index}", uri=f"elasticsearch://{es}/{e.index}") for e in ENTITIES])
+    """The warehouse tables and the search indices, under URIs that no setting changes: Airflow deactivates an
+    asset whose name comes back with another URI, so a run pointed at other databases or ports (tests, a moved
+    server) must not rename the location behind the same name."""
+    return ([Asset(name=f"warehouse_{e.table}", uri=f"pipeline://warehouse/{e.table}") for e in ENTITIES]
+            + [Asset(name=f"search_{e.index}", uri=f"pipeline://search/{e.index}") for e in ENTITIES])

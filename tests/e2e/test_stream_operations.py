@@ -50,7 +50,7 @@ from include.orchestration.releases import ReleaseStore
 from include.orchestration.supervision import QueryFiles, read_exits
 from include.schema import apply_sql, quote_ident, source_ddl, warehouse_ddl
 from include.settings import REPO_ROOT
-from tests.stream_support import chat_message, evento_message, lead_message, produce
+from tests.stream_support import chat_message, driver_jvms, evento_message, lead_message, produce
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -140,27 +140,6 @@ class Stack:
             time.sleep(interval)
 
 
-def _driver_jvms(checkpoint_root: Path) -> set[int]:
-    """Live driver JVMs (`java ... org.apache.spark.deploy.SparkSubmit ...`) whose arguments name this checkpoint
-    root. Not drivers: the launch scripts (bash spark-class, and Spark's launcher JVM, which names SparkSubmit as
-    an argument) and a child the driver is forking (the python driver, PySpark's daemon), which shows the
-    driver's command line until it execs."""
-    found: dict[int, int] = {}  # pid -> parent pid
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if (argv[0].endswith(b"/java") and b"org.apache.spark.deploy.SparkSubmit" in argv
-                and b"org.apache.spark.launcher.Main" not in argv and str(checkpoint_root).encode() in argv
-                and process_stat(int(entry.name))):
-            found[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
-    return {pid for pid, parent in found.items() if parent not in found}
-
-
 class DriverSampler(threading.Thread):
     """Samples the driver JVMs on the checkpoint and the lock holder every 0.2 s."""
 
@@ -174,7 +153,7 @@ class DriverSampler(threading.Thread):
         lock = self.stack.files.driver_lock
         while self.running:
             holder = lock.holder()
-            self.samples.append((time.time(), frozenset(_driver_jvms(self.stack.checkpoints)),
+            self.samples.append((time.time(), frozenset(driver_jvms(self.stack.checkpoints)),
                                  holder.pid if holder else None))
             time.sleep(0.2)
 
@@ -303,7 +282,7 @@ def test_2_supervised_driver_holds_the_lock_and_a_second_is_refused(stack):
     holder = stack.wait_for("the supervised driver", lock.holder, timeout=300)
     assert holder.version.startswith("tree-"), holder
     # The lock is taken before spark-submit's scripts exec the JVM, under the same pid.
-    stack.wait_for("the driver JVM", lambda: _driver_jvms(stack.checkpoints) == {holder.pid}, timeout=120)
+    stack.wait_for("the driver JVM", lambda: driver_jvms(stack.checkpoints) == {holder.pid}, timeout=120)
     assert stack.files.supervisor_lock.is_held()
     with stack.warehouse() as connection:
         healthy = wait_until_healthy(stack.files, stack.observe(connection), HealthPolicy(), since=holder.started_at,
@@ -316,7 +295,7 @@ def test_2_supervised_driver_holds_the_lock_and_a_second_is_refused(stack):
                             timeout=60)
     assert second.returncode == LOCK_BUSY_EXIT
     assert f"refusing to start a second driver" in second.stderr and f"held by pid {holder.pid}" in second.stderr
-    assert _driver_jvms(stack.checkpoints) == {holder.pid}
+    assert driver_jvms(stack.checkpoints) == {holder.pid}
 
 
 def test_3_sigkilled_driver_is_back_within_one_watchdog_interval_and_never_doubled(stack):
