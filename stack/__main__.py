@@ -11,7 +11,6 @@ import fcntl
 import logging
 import os
 import shlex
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,8 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from include.settings import REPO_ROOT, SettingsError, load_settings
-from stack.services import (Health, Kafka, Postgres, StackError, airflow_services, all_services,
-                            ensure_generated_secrets, java_home, wait_until)
+from stack.services import (Health, Kafka, Postgres, StackError, airflow_command, airflow_services, all_services,
+                            ensure_generated_secrets, init_airflow, java_home, wait_until)
 
 log = logging.getLogger("stack")
 
@@ -36,30 +35,6 @@ def stack_lock(state_dir: Path):
     with lock_path.open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
-
-
-def airflow_command(settings, args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    venv_bin = Path(sys.executable).parent
-    env = {**os.environ, **settings.airflow_environment(),
-           # airflow launches its sub-commands by name, so the venv's bin/ must lead PATH.
-           "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run([str(venv_bin / "airflow"), *args], env=env, **kwargs)
-
-
-def init_airflow(settings) -> None:
-    """Create and migrate Airflow's metadata database once per Airflow version and home."""
-    from importlib.metadata import version
-
-    marker = settings.resolved_airflow_home / f".migrated-{version('apache-airflow')}"
-    if marker.exists():
-        return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    Postgres(settings).create_databases((settings.pg_airflow_db,))
-    log.info("migrating the Airflow metadata database %s", settings.pg_airflow_db)
-    result = airflow_command(settings, ["db", "migrate"], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise StackError(f"airflow db migrate failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
-    marker.touch()
 
 
 def apply_schema(settings) -> None:

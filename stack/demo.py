@@ -21,7 +21,7 @@ import sys
 import time
 
 from include.settings import load_settings
-from stack.__main__ import airflow_command
+from stack.services import airflow_command
 from stack.services import airflow_services
 
 log = logging.getLogger("demo")

@@ -629,3 +629,27 @@ def airflow_services(settings: Settings | None = None) -> list[AirflowComponent]
 def all_services(settings: Settings | None = None) -> list[Service]:
     settings = settings or load_settings()
     return [Postgres(settings), Kafka(settings), Elasticsearch(settings), SparkJars(settings)]
+
+
+def airflow_command(settings, args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    venv_bin = Path(sys.executable).parent
+    env = {**os.environ, **settings.airflow_environment(),
+           # airflow launches its sub-commands by name, so the venv's bin/ must lead PATH.
+           "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run([str(venv_bin / "airflow"), *args], env=env, **kwargs)
+
+
+def init_airflow(settings) -> None:
+    """Create and migrate Airflow's metadata database once per Airflow version and home."""
+    from importlib.metadata import version
+
+    marker = settings.resolved_airflow_home / f".migrated-{version('apache-airflow')}"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    Postgres(settings).create_databases((settings.pg_airflow_db,))
+    log.info("migrating the Airflow metadata database %s", settings.pg_airflow_db)
+    result = airflow_command(settings, ["db", "migrate"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise StackError(f"airflow db migrate failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+    marker.touch()

@@ -24,7 +24,7 @@ import pytest
 from include.entities import ENTITIES
 from include.schema import apply_sql, ensure_index, quote_ident, source_ddl, warehouse_ddl
 from include.settings import REPO_ROOT, Settings, load_settings
-from stack.__main__ import init_airflow
+from stack.services import init_airflow
 from stack.services import AirflowComponent, airflow_services, pid_alive
 from tests.conftest import owned_index_prefix, owned_topic, unique_name
 
