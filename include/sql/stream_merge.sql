@@ -138,7 +138,8 @@ WHERE r.reset IS TRUE OR (%(batch_id)s > l.batch_id AND b.first_offset > l.last_
 
 {% macro advance_offsets(offsets) -%}
 -- The ledger: the last offset merged per topic partition. A replayed batch of the same topic never moves it back;
--- a newer batch, or one from a recreated topic, sets it (lower after a reset).
+-- a newer batch sets it (lower after a reset); a batch from a recreated topic sets it and its batch id (it may come
+-- from a new checkpoint, whose batch ids start again).
 INSERT INTO stream_offsets AS l (topic, kafka_partition, last_offset, batch_id, topic_id)
 SELECT b.topic, b.kafka_partition, b.last_offset, %(batch_id)s, %(topic_id)s
 FROM {{ offsets | ident }} b
@@ -146,7 +147,8 @@ ON CONFLICT (topic, kafka_partition) DO UPDATE SET
     last_offset = CASE WHEN EXCLUDED.batch_id > l.batch_id OR l.topic_id <> EXCLUDED.topic_id
                        THEN EXCLUDED.last_offset
                        ELSE greatest(l.last_offset, EXCLUDED.last_offset) END,
-    batch_id = greatest(l.batch_id, EXCLUDED.batch_id),
+    batch_id = CASE WHEN l.topic_id <> EXCLUDED.topic_id THEN EXCLUDED.batch_id
+                    ELSE greatest(l.batch_id, EXCLUDED.batch_id) END,
     topic_id = coalesce(EXCLUDED.topic_id, l.topic_id),
     updated_at = now()
 {%- endmacro %}

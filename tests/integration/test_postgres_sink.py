@@ -241,6 +241,12 @@ def test_a_topic_recreated_under_the_same_name_is_a_reset_even_past_the_old_offs
     assert snapshot(db, "leads") == before
     assert db.execute("SELECT last_offset, topic_id FROM stream_offsets").fetchall() == [(6, "new")]
 
+    # Read from its start on a new checkpoint (batch ids from 0 again): a reset that skipped nothing, and the ledger
+    # follows the new checkpoint's batches, so a later gap is found.
+    write([lead_message() for _ in range(2)], batch_id=0, start_offset=0, topic_id=lambda: "newest")
+    write([lead_message() for _ in range(2)], batch_id=1, start_offset=4, topic_id=lambda: "newest")
+    assert lost()[1:] == [(0, 0, -1, "reset", 6), (0, 2, 3, "skipped", 1)]
+
 
 def test_every_session_carries_the_statement_timeout(spark, sink, settings):
     check = (f"SELECT current_setting('statement_timeout')::interval = "
