@@ -37,7 +37,7 @@ def _documents(dataset: Dataset) -> list[tuple]:
 def _staged_rows(documents: list[tuple], entity: Entity, token: str) -> list[tuple]:
     """Staging rows (stream_staging.sql) of one entity's documents; the offset orders equal versions."""
     received = dt.datetime.now(dt.timezone.utc)
-    return [(token, entity.name, record_id, version, deleted, received, 0, offset, document)
+    return [(token, 0, entity.name, record_id, version, deleted, received, 0, offset, document)
             for offset, (of, record_id, version, deleted, document) in enumerate(documents) if of is entity]
 
 
