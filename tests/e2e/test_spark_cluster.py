@@ -96,9 +96,22 @@ def executor_of(worker: SparkWorker) -> tuple[int, Path] | None:
     return None
 
 
+def cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    except FileNotFoundError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
 def running_python_task(executor_pid: int) -> bool:
-    """The executor's Python daemon has forked a worker: a task of the stage (validate, render, COPY) runs."""
-    return any("pyspark.daemon" in cmdline(daemon) and children(daemon) for daemon in children(executor_pid))
+    """A Python worker of the executor burns CPU: a task of the stage (validate, render, COPY) runs. Workers are
+    reused between tasks, so their mere existence says nothing."""
+    workers = [worker for daemon in children(executor_pid) if "pyspark.daemon" in cmdline(daemon)
+               for worker in children(daemon)]
+    before = {worker: cpu_ticks(worker) for worker in workers}
+    time.sleep(0.2)
+    return any(cpu_ticks(worker) > ticks for worker, ticks in before.items())
 
 
 def patched_release(tmp: Path, releases_root: Path, query: str, marker: str) -> str:

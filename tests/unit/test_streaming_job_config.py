@@ -82,3 +82,15 @@ def test_the_supervised_job_gets_the_version_skew_setting(tmp_path):
     assert parse_args(default).max_version_skew_seconds == DEFAULT_MAX_VERSION_SKEW_SECONDS
     with pytest.raises(SettingsError, match="PIPELINE_STREAM_MAX_VERSION_SKEW_SECONDS"):
         StreamOpsConfig.load({**environ, "PIPELINE_STREAM_MAX_VERSION_SKEW_SECONDS": "-5"})
+
+
+def test_the_supervised_job_gets_the_batch_byte_budget_setting(tmp_path):
+    from include.contract import DEFAULT_MAX_BYTES_PER_TRIGGER
+    from include.orchestration.config import StreamOpsConfig, job_arguments
+
+    environ = {"PIPELINE_STATE_DIR": str(tmp_path), "PIPELINE_PG_PASSWORD": "unused",
+               "PIPELINE_STREAM_MAX_BYTES_PER_TRIGGER": str(10_000 * 256 * 1024)}
+    assert parse_args(job_arguments(StreamOpsConfig.load(environ), True)).offsets_per_trigger == 10_000
+    default = job_arguments(StreamOpsConfig.load({**environ, "PIPELINE_STREAM_MAX_BYTES_PER_TRIGGER": ""}), True)
+    assert "--max-bytes-per-trigger" not in default
+    assert parse_args(default).max_bytes_per_trigger == DEFAULT_MAX_BYTES_PER_TRIGGER
