@@ -27,7 +27,7 @@ class Driver:
     """One driver process: `python -m <module> <args>`, its output in `log_path`."""
 
     def __init__(self, label: str, module: str, args: list[str], log_path: Path, monitor: Monitor | None = None,
-                 heap: bool = False):
+                 heap: bool = False, env: dict[str, str] | None = None):
         self.label = label
         self.log_path = log_path
         self.started = time.perf_counter()
@@ -35,7 +35,7 @@ class Driver:
         with log_path.open("wb") as output:
             self.process = subprocess.Popen([sys.executable, "-m", module, *args], stdout=output,
                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO_ROOT,
-                                            env=child_environment(), start_new_session=True)
+                                            env={**child_environment(), **(env or {})}, start_new_session=True)
         self.java_pid: int | None = None
         self.heap: HeapSampler | None = None
         self.monitor = monitor

@@ -38,7 +38,7 @@ def _documents(dataset: Dataset) -> list[tuple]:
 def _staged_rows(documents: list[tuple], entity: Entity, token: str) -> list[tuple]:
     """Staging rows (stream_staging.sql) of one entity's documents; the offset orders equal versions."""
     received = dt.datetime.now(dt.timezone.utc)
-    return [(token, entity.name, record_id, version, deleted, received, 0, offset, document)
+    return [(token, 0, entity.name, record_id, version, deleted, received, "bench", 0, offset, document)
             for offset, (of, record_id, version, deleted, document) in enumerate(documents) if of is entity]
 
 
@@ -54,6 +54,8 @@ def _load_entity(settings, schema: str, entity: Entity, token: str, rows: list[t
             timings["copy_s"] = time.perf_counter() - started
             cursor.execute(render_sql_macro("stream_merge.sql", "winners", stage=STREAM_STAGE_TABLE,
                                             winners=WINNERS_TABLE), params)
+            # The upsert covers winners lo..hi (a range only narrower while the sink isolates a refused row).
+            params.update(lo=1, hi=cursor.rowcount)
             cursor.execute(render_sql_macro("stream_merge.sql", "upsert", entity=entity, winners=WINNERS_TABLE),
                            params)
             timings["upsert_s"] = time.perf_counter() - started - timings["copy_s"]

@@ -30,6 +30,9 @@ ENVELOPE_FIELDS = (TIPO_EVENTO, PROCESSADO_EM, DELETED)
 # How far a version (the entity's version column) may be ahead of the consumer's clock. A version in the future
 # would make every real update of its record stale until then; producers' and consumers' clocks differ by seconds.
 DEFAULT_MAX_VERSION_SKEW_SECONDS = 300
+# The streaming job's byte budget of a micro-batch (--max-bytes-per-trigger): at most this over the payload limit
+# offsets per batch, 2,048 with the defaults.
+DEFAULT_MAX_BYTES_PER_TRIGGER = 512 * 1024 ** 2
 # Dead-letter reason of a message the validator raised on: a bug in the validator, never a bad message, so the
 # status report and the data-quality check count it apart.
 VALIDATOR_ERROR = "validator_error"

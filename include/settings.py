@@ -21,7 +21,7 @@ from urllib.parse import quote
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from include.contract import DEFAULT_MAX_VERSION_SKEW_SECONDS, MAX_PAYLOAD_BYTES
+from include.contract import DEFAULT_MAX_BYTES_PER_TRIGGER, DEFAULT_MAX_VERSION_SKEW_SECONDS, MAX_PAYLOAD_BYTES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GENERATED_ENV_NAME = "generated.env"
@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     es_heap_mb: Positive = 768
     spark_master: str = "local[2]"
     spark_driver_memory: str = "2g"
+    # The local standalone cluster (`python -m stack up --spark-cluster`, or spark_master set to its URL).
+    spark_master_port: Port = 17077
+    spark_master_ui_port: Port = 17080
+    spark_worker_ui_port: Port = 17081  # worker i (from 0) serves its UI on this port + i
+    spark_workers: Positive = 2
+    spark_worker_memory: Annotated[str, Field(pattern=r"^\d+[kmgt]$")] = "1g"
     airflow_api_port: Port = 18080
     # Unset: <state_dir>/airflow. Tests point it (and pg_airflow_db) at their own, never at the user's Airflow.
     airflow_home: Path | None = None
@@ -95,6 +101,7 @@ class Settings(BaseSettings):
     stream_pg_schema: str = ""
     stream_es_index_prefix: str = ""
     stream_max_version_skew_seconds: NonNegative = DEFAULT_MAX_VERSION_SKEW_SECONDS
+    stream_max_bytes_per_trigger: Positive = DEFAULT_MAX_BYTES_PER_TRIGGER
     stream_stop_grace_seconds: Seconds = 30.0
     supervisor_max_failures: Positive = 3
     supervisor_failure_window_minutes: Annotated[float, Field(ge=1)] = 30.0
@@ -129,6 +136,11 @@ class Settings(BaseSettings):
     @property
     def kafka_bootstrap(self) -> str:
         return f"{self.kafka_host}:{self.kafka_port}"
+
+    @property
+    def spark_cluster_url(self) -> str:
+        """The master URL of the local standalone cluster."""
+        return f"spark://127.0.0.1:{self.spark_master_port}"
 
     @property
     def es_url(self) -> str:

@@ -26,7 +26,8 @@ if __package__ in (None, ""):
     # Run as a script (spark-submit spark/streaming_job.py): import the repo's packages, not spark/'s modules.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from include.contract import DEFAULT_MAX_VERSION_SKEW_SECONDS, MAX_PAYLOAD_BYTES  # noqa: E402
+from include.contract import (DEFAULT_MAX_BYTES_PER_TRIGGER, DEFAULT_MAX_VERSION_SKEW_SECONDS,  # noqa: E402
+                              MAX_PAYLOAD_BYTES)
 from include.entities import ENTITIES  # noqa: E402
 from include.settings import Settings, SettingsError, load_settings  # noqa: E402
 from spark.job_spec import (AVAILABLE_NOW, DEFAULT_QUERY_NAME, check_query_name, processing_time,  # noqa: E402
@@ -51,7 +52,7 @@ class JobConfig:
     # option), so a byte budget becomes an offset bound through the largest message the job accepts: 512 MB is
     # 2,048 messages of 256 KB, whose merge statements (about 35 ms per MB on a busy 2-core machine) stay well
     # inside the 60 s statement timeout, which a batch would otherwise exceed on every replay.
-    max_bytes_per_trigger: int = 512 * 1024 ** 2
+    max_bytes_per_trigger: int = DEFAULT_MAX_BYTES_PER_TRIGGER
     starting_offsets: str = "earliest"
     topic: str | None = None  # None: the settings' topic (PIPELINE_KAFKA_TOPIC)
     pg_schema: str | None = None

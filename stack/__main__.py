@@ -58,7 +58,7 @@ def up(args) -> int:
         ensure_generated_secrets(state_dir)
         settings = load_settings()
         java_home()
-        services = all_services(settings)
+        services = all_services(settings, spark_cluster=args.spark_cluster)
         started = time.monotonic()
         for service in services:
             service.fetch()
@@ -83,7 +83,7 @@ def down(_args) -> int:
         settings = load_settings()
         # Reverse order: consumers of Postgres and Kafka go first.
         stop_airflow(settings)
-        for service in reversed(all_services(settings)):
+        for service in reversed(all_services(settings, spark_cluster=True)):
             service.stop()
     log.info("stack stopped")
     return 0
@@ -139,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     up_parser = commands.add_parser("up", help="fetch artifacts, start every service, apply the schema")
     up_parser.add_argument("--timeout", type=float, default=180, help="seconds each service has to become healthy")
     up_parser.add_argument("--no-airflow", action="store_true", help="skip the Airflow metadata migration")
+    up_parser.add_argument("--spark-cluster", action="store_true",
+                           help="also start the local Spark standalone cluster (a master and PIPELINE_SPARK_WORKERS "
+                                "workers); implied when PIPELINE_SPARK_MASTER is its URL")
     commands.add_parser("down", help="stop every service this stack started")
     commands.add_parser("status", help="health, version, pid and memory of each service; exit 1 if any is down")
     ui_parser = commands.add_parser("airflow-ui", help="start Airflow's UI, scheduler, DAG processor, triggerer")

@@ -527,7 +527,8 @@ class Elasticsearch(Service):
 
 
 class SparkJars(Service):
-    """Spark itself runs in local mode inside each driver; the stack only caches its connector jars."""
+    """The connector jars every driver loads; Spark runs in local mode inside each driver unless the local cluster
+    (SparkMaster, SparkWorker) is enabled."""
 
     name = "spark"
 
@@ -560,8 +561,131 @@ class SparkJars(Service):
             return Health(self.name, False, f"expected pyspark {SPARK_VERSION}, installed {installed}")
         if not jars:
             return Health(self.name, False, "connector jars not fetched")
-        return Health(self.name, True, f"local mode ({self.settings.spark_master}), {len(jars)} connector jars",
+        return Health(self.name, True, f"master {self.settings.spark_master}, {len(jars)} connector jars",
                       version=SPARK_VERSION)
+
+
+def spark_home() -> Path:
+    """The pip pyspark package: its bin/spark-class and jars (it ships no sbin/start-*.sh scripts)."""
+    import pyspark
+
+    return Path(pyspark.__file__).parent
+
+
+class SparkDaemon(Service):
+    """A standalone master or worker: `spark-class <main class>`, whose script execs the JVM, so the recorded pid is
+    the JVM's. Bound to loopback; it gets no PYTHONPATH, so executors import only what an application ships."""
+
+    main_class = ""
+    # The master's and workers' own heap (SPARK_DAEMON_MEMORY, 1g by default); executors are separate JVMs.
+    daemon_memory = "256m"
+
+    def fetch(self) -> None:
+        pass
+
+    def arguments(self) -> list[str]:
+        raise NotImplementedError
+
+    def ports(self) -> dict[int, str]:
+        raise NotImplementedError
+
+    def options(self) -> dict[str, str]:
+        """SPARK_MASTER_OPTS or SPARK_WORKER_OPTS."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        if self.running():
+            return
+        for port, setting in self.ports().items():
+            self.check_port_free(port, setting)
+        self.prepare_dirs()
+        command = [str(spark_home() / "bin" / "spark-class"), self.main_class, *self.arguments()]
+        self.spawn(command, {"SPARK_HOME": str(spark_home()), "JAVA_HOME": str(java_home()),
+                             "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_DAEMON_MEMORY": self.daemon_memory,
+                             "SPARK_LOG_DIR": str(self.home / "logs"), "PYTHONPATH": "", **self.options()})
+
+    def master_state(self) -> dict:
+        url = f"http://127.0.0.1:{self.settings.spark_master_ui_port}/json/"
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return json.load(response)
+
+
+class SparkMaster(SparkDaemon):
+    name = "spark-master"
+    main_class = "org.apache.spark.deploy.master.Master"
+
+    def ports(self) -> dict[int, str]:
+        return {self.settings.spark_master_port: "PIPELINE_SPARK_MASTER_PORT",
+                self.settings.spark_master_ui_port: "PIPELINE_SPARK_MASTER_UI_PORT"}
+
+    def options(self) -> dict[str, str]:
+        # No REST submission server (port 6066): nothing here uses it, and it would be one more open port.
+        return {"SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false"}
+
+    def arguments(self) -> list[str]:
+        return ["--host", "127.0.0.1", "--port", str(self.settings.spark_master_port),
+                "--webui-port", str(self.settings.spark_master_ui_port)]
+
+    def health(self) -> Health:
+        from spark.job_spec import SPARK_VERSION
+
+        pid = self.recorded_pid()
+        if not pid_alive(pid):
+            return Health(self.name, False, "not running", pid)
+        try:
+            state = self.master_state()
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            return Health(self.name, False, f"UI port {self.settings.spark_master_ui_port}: {error}", pid)
+        return Health(self.name, state.get("status") == "ALIVE",
+                      f"{self.settings.spark_cluster_url}, {state.get('aliveworkers', 0)} workers alive, "
+                      f"{len(state.get('activeapps', []))} apps, UI http://127.0.0.1:{self.settings.spark_master_ui_port}",
+                      pid, rss_mb(pid), SPARK_VERSION)
+
+
+class SparkWorker(SparkDaemon):
+    main_class = "org.apache.spark.deploy.worker.Worker"
+
+    def __init__(self, settings: Settings, number: int):
+        self.number = number
+        self.name = f"spark-worker-{number}"
+        super().__init__(settings)
+
+    @property
+    def work_dir(self) -> Path:
+        """Where the worker runs its executors: <work dir>/<application id>/<executor id>/."""
+        return self.home / "work"
+
+    @property
+    def ui_port(self) -> int:
+        return self.settings.spark_worker_ui_port + self.number
+
+    def ports(self) -> dict[int, str]:
+        return {self.ui_port: "PIPELINE_SPARK_WORKER_UI_PORT"}
+
+    def options(self) -> dict[str, str]:
+        # Finished applications' folders (their jars and zips) go after a day.
+        return {"SPARK_WORKER_OPTS": "-Dspark.worker.cleanup.enabled=true -Dspark.worker.cleanup.appDataTtl=86400"}
+
+    def arguments(self) -> list[str]:
+        return [self.settings.spark_cluster_url, "--host", "127.0.0.1", "--cores", "1",
+                "--memory", self.settings.spark_worker_memory, "--webui-port", str(self.ui_port),
+                "--work-dir", str(self.work_dir)]
+
+    def health(self) -> Health:
+        from spark.job_spec import SPARK_VERSION
+
+        pid = self.recorded_pid()
+        if not pid_alive(pid):
+            return Health(self.name, False, "not running", pid)
+        try:
+            workers = self.master_state().get("workers", [])
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            return Health(self.name, False, f"master UI: {error}", pid)
+        mine = [w for w in workers if w.get("webuiaddress", "").endswith(f":{self.ui_port}") and w.get("state") == "ALIVE"]
+        if not mine:
+            return Health(self.name, False, f"not registered with {self.settings.spark_cluster_url}", pid)
+        return Health(self.name, True, f"1 core, {self.settings.spark_worker_memory}, {mine[0]['coresused']} core used, "
+                      f"UI http://127.0.0.1:{self.ui_port}", pid, rss_mb(pid), SPARK_VERSION)
 
 
 class AirflowComponent(Service):
@@ -626,9 +750,29 @@ def airflow_services(settings: Settings | None = None) -> list[AirflowComponent]
     return [AirflowComponent(settings, component) for component in AIRFLOW_COMPONENTS]
 
 
-def all_services(settings: Settings | None = None) -> list[Service]:
+def spark_cluster_services(settings: Settings) -> list[SparkDaemon]:
+    """The local standalone cluster's master and workers: those the settings ask for, and any other worker this
+    stack recorded a pid for (PIPELINE_SPARK_WORKERS lowered since), so that `down` stops it too."""
+    numbers = set(range(settings.spark_workers))
+    for pid_file in (settings.state_dir / "run").glob("spark-worker-*.pid"):
+        suffix = pid_file.stem.removeprefix("spark-worker-")
+        if suffix.isdigit():
+            numbers.add(int(suffix))
+    return [SparkMaster(settings), *(SparkWorker(settings, number) for number in sorted(numbers))]
+
+
+def spark_cluster_enabled(settings: Settings) -> bool:
+    """The settings point the pipeline at the local cluster, or it was started (`up --spark-cluster`)."""
+    return settings.spark_master == settings.spark_cluster_url or SparkMaster(settings).recorded_pid() is not None
+
+
+def all_services(settings: Settings | None = None, *, spark_cluster: bool = False) -> list[Service]:
+    """The stack's services in start order; with the local Spark cluster when asked for or enabled."""
     settings = settings or load_settings()
-    return [Postgres(settings), Kafka(settings), Elasticsearch(settings), SparkJars(settings)]
+    services = [Postgres(settings), Kafka(settings), Elasticsearch(settings), SparkJars(settings)]
+    if spark_cluster or spark_cluster_enabled(settings):
+        services += spark_cluster_services(settings)
+    return services
 
 
 def airflow_command(settings, args: list[str], **kwargs) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from include.contract import DEFAULT_MAX_VERSION_SKEW_SECONDS
+from include.contract import DEFAULT_MAX_BYTES_PER_TRIGGER, DEFAULT_MAX_VERSION_SKEW_SECONDS
 from include.orchestration.health import HealthPolicy
 from include.orchestration.supervision import QueryFiles
 from include.settings import Settings, SettingsError, load_settings
@@ -36,6 +36,7 @@ class StreamOpsConfig:
     pg_schema: str | None
     es_index_prefix: str
     max_version_skew_seconds: int
+    max_bytes_per_trigger: int
     source_schema: str | None
     stop_grace_seconds: float
     max_failures: int
@@ -57,6 +58,7 @@ class StreamOpsConfig:
             pg_schema=s.stream_pg_schema or None,
             es_index_prefix=s.stream_es_index_prefix,
             max_version_skew_seconds=s.stream_max_version_skew_seconds,
+            max_bytes_per_trigger=s.stream_max_bytes_per_trigger,
             source_schema=s.dq_source_schema or None,
             stop_grace_seconds=s.stream_stop_grace_seconds,
             max_failures=s.supervisor_max_failures,
@@ -117,4 +119,6 @@ def job_arguments(config: StreamOpsConfig, available_now: bool) -> list[str]:
     # Only when it differs from the job's default: a rollback to a release older than the option still starts.
     if config.max_version_skew_seconds != DEFAULT_MAX_VERSION_SKEW_SECONDS:
         arguments += ["--max-version-skew-seconds", str(config.max_version_skew_seconds)]
+    if config.max_bytes_per_trigger != DEFAULT_MAX_BYTES_PER_TRIGGER:
+        arguments += ["--max-bytes-per-trigger", str(config.max_bytes_per_trigger)]
     return arguments

@@ -3,17 +3,21 @@
 -- one transaction (stream_merge.sql), which also picks the newest row per id from the Kafka position kept here.
 -- UNLOGGED: the rows live for seconds and can always be replayed from Kafka, so they need no WAL. For the same
 -- reason a table of an older shape is replaced rather than migrated.
+-- task_partition: the Spark partition whose task staged the row. A task attempt that finds rows of an earlier
+-- attempt of its partition under its token (one that committed, then died before Spark saw its result) deletes
+-- them before staging its own (spark/sinks/postgres.py), so a retried task never stages a Kafka record twice.
 DO $$
 BEGIN
     IF to_regclass('{{ stage | ident }}') IS NOT NULL AND NOT EXISTS (
         SELECT 1 FROM pg_attribute
-        WHERE attrelid = to_regclass('{{ stage | ident }}') AND attname = 'kafka_topic' AND NOT attisdropped
+        WHERE attrelid = to_regclass('{{ stage | ident }}') AND attname = 'task_partition' AND NOT attisdropped
     ) THEN
         DROP TABLE {{ stage | ident }};
     END IF;
 END $$;
 CREATE UNLOGGED TABLE IF NOT EXISTS {{ stage | ident }} (
     stage_token     uuid        NOT NULL,
+    task_partition  integer     NOT NULL,
     kind            text        NOT NULL,   -- an entity name, or 'dead_letter'
     id              text,                   -- the entity key (null for a dead letter)
     version         timestamptz,            -- the entity's version column (null for a dead letter)

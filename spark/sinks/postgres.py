@@ -91,20 +91,36 @@ def refusal_reason(sink: str, detail: str) -> str:
 
 
 def copy_statement() -> str:
-    columns = ", ".join(quote_ident(c) for c in ("stage_token", *STAGED_COLUMNS.values()))
+    columns = ", ".join(quote_ident(c) for c in ("stage_token", "task_partition", *STAGED_COLUMNS.values()))
     return f"COPY {quote_ident(STREAM_STAGE_TABLE)} ({columns}) FROM STDIN"
 
 
 def stage_partition(settings: Settings, schema: str | None, token: str, documents: Callable) -> Callable:
     """The mapInArrow function of one task: render its Kafka rows with `documents` (transforms.documents_of), COPY
-    them under `token`, yield its row count per kind."""
+    them under `token` and its partition number, yield its row count per kind.
+
+    A retried task (its executor lost, say) reads the same Kafka offsets again. The earlier attempt may have
+    committed its COPY before it died, so every attempt first deletes the rows its partition staged under the token. The
+    transaction-scoped advisory lock on (token, partition) orders the attempts: a retry waits for an earlier attempt
+    still running (a Python worker whose JVM died can still commit) and then deletes what that one committed."""
     statement = copy_statement()
+    stage_table = quote_ident(STREAM_STAGE_TABLE)
 
     def stage(batches):
         import pyarrow as pa
+        from pyspark import TaskContext
 
+        task = TaskContext.get()
+        partition = task.partitionId()
         counts: Counter = Counter()
         with warehouse_session(settings, schema) as connection, connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s), %s)", (token, partition))
+            # Every attempt, not only those numbered above 0: a new stage attempt numbers its tasks from 0 again.
+            cursor.execute(f"DELETE FROM {stage_table} WHERE stage_token = %s AND task_partition = %s",
+                           (token, partition))
+            if cursor.rowcount:
+                log.warning("task attempt %s of partition %s: deleted %s rows an earlier attempt staged",
+                            task.attemptNumber(), partition, cursor.rowcount)
             for batch in batches:
                 # One COPY per Arrow batch (at most spark.sql.execution.arrow.maxBytesPerBatch), so no statement
                 # outlives the statement timeout however large the task's share; one transaction still.
@@ -112,7 +128,7 @@ def stage_partition(settings: Settings, schema: str | None, token: str, document
                 columns = [rendered.column(name).to_pylist() for name in STAGED_COLUMNS]
                 with cursor.copy(statement) as copy:
                     for row in zip(*columns):
-                        copy.write_row((token, *row))
+                        copy.write_row((token, partition, *row))
                 counts.update(columns[0])
         # Leaving the `with` block committed this task's rows.
         yield pa.RecordBatch.from_pydict({"kind": list(counts), "rows": list(counts.values())})

@@ -157,9 +157,9 @@ def test_dead_letters_land_once_per_offset(db, write):
 
 def test_staging_is_cleared_including_rows_of_dead_attempts(db, write):
     stale = lead_message()
-    db.execute(f"INSERT INTO {quote_ident(STREAM_STAGE_TABLE)} (stage_token, kind, id, version, deleted, "
-               "kafka_timestamp, kafka_topic, kafka_partition, kafka_offset, doc, staged_at) "
-               "VALUES (gen_random_uuid(), 'lead', %s, now(), false, now(), 'eventos', 0, 0, "
+    db.execute(f"INSERT INTO {quote_ident(STREAM_STAGE_TABLE)} (stage_token, task_partition, kind, id, version, "
+               "deleted, kafka_timestamp, kafka_topic, kafka_partition, kafka_offset, doc, staged_at) "
+               "VALUES (gen_random_uuid(), 0, 'lead', %s, now(), false, now(), 'eventos', 0, 0, "
                "jsonb_build_object('id', %s::text, 'updated_at', now())::text, now() - interval '2 hours')",
                [stale["id"], stale["id"]])
     write([lead_message(), "nope"])
@@ -305,4 +305,4 @@ def test_a_stale_staging_table_of_the_old_shape_is_replaced(db, settings, pg_sch
     columns = {row[0] for row in db.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
         [pg_schema, STREAM_STAGE_TABLE]).fetchall()}
-    assert {"id", "version", "kafka_timestamp", "kafka_topic", "kafka_partition", "kafka_offset"} <= columns
+    assert {"task_partition", "id", "version", "kafka_timestamp", "kafka_topic", "kafka_partition", "kafka_offset"} <= columns

@@ -25,3 +25,30 @@ def test_taken_port_names_the_setting():
         settings = load_settings({"PIPELINE_PG_PASSWORD": "x", "PIPELINE_KAFKA_PORT": str(port)})
         with pytest.raises(StackError, match=rf"port {port} \(PIPELINE_KAFKA_PORT\) is already taken"):
             Kafka(settings).check_port_free(settings.kafka_port, "PIPELINE_KAFKA_PORT")
+
+
+def test_local_spark_cluster_is_opt_in_on_loopback_one_core_per_worker(tmp_path):
+    from stack.services import SparkMaster, SparkWorker, all_services
+
+    base = {"PIPELINE_PG_PASSWORD": "x", "PIPELINE_STATE_DIR": str(tmp_path), "PIPELINE_SPARK_MASTER_PORT": "27077",
+            "PIPELINE_SPARK_WORKER_UI_PORT": "27081", "PIPELINE_SPARK_WORKERS": "3", "PIPELINE_SPARK_MASTER": "local[2]"}
+    local = load_settings(base)
+    assert not any(isinstance(s, (SparkMaster, SparkWorker)) for s in all_services(local))
+    asked = [s.name for s in all_services(local, spark_cluster=True)][-4:]
+    assert asked == ["spark-master", "spark-worker-0", "spark-worker-1", "spark-worker-2"]
+    # Pointing the pipeline at the cluster's URL enables it without the flag.
+    cluster = load_settings({**base, "PIPELINE_SPARK_MASTER": "spark://127.0.0.1:27077"})
+    services = all_services(cluster)
+    assert [s.name for s in services][-1] == "spark-worker-2"
+    worker = services[-1]
+    arguments = worker.arguments()
+    assert arguments[0] == "spark://127.0.0.1:27077"
+    assert arguments[arguments.index("--host") + 1] == "127.0.0.1"
+    assert arguments[arguments.index("--cores") + 1] == "1"
+    assert arguments[arguments.index("--webui-port") + 1] == "27083"
+    assert arguments[arguments.index("--work-dir") + 1] == str(tmp_path / "spark-worker-2" / "work")
+
+
+def test_worker_memory_is_a_spark_size():
+    with pytest.raises(Exception, match="PIPELINE_SPARK_WORKER_MEMORY"):
+        load_settings({"PIPELINE_PG_PASSWORD": "x", "PIPELINE_SPARK_WORKER_MEMORY": "lots"})

@@ -106,3 +106,15 @@ def test_a_query_name_the_job_would_refuse_stops_the_orchestration_naming_the_se
         StreamOpsConfig.load(environ)
     with pytest.raises(SystemExit):
         parse_args(["--checkpoint-root", str(tmp_path), "--query-name", query_name])
+
+
+def test_the_supervised_job_gets_the_batch_byte_budget_setting(tmp_path):
+    from include.contract import DEFAULT_MAX_BYTES_PER_TRIGGER
+    from include.orchestration.config import StreamOpsConfig, job_arguments
+
+    environ = {"PIPELINE_STATE_DIR": str(tmp_path), "PIPELINE_PG_PASSWORD": "unused",
+               "PIPELINE_STREAM_MAX_BYTES_PER_TRIGGER": str(10_000 * 256 * 1024)}
+    assert parse_args(job_arguments(StreamOpsConfig.load(environ), True)).offsets_per_trigger == 10_000
+    default = job_arguments(StreamOpsConfig.load({**environ, "PIPELINE_STREAM_MAX_BYTES_PER_TRIGGER": ""}), True)
+    assert "--max-bytes-per-trigger" not in default
+    assert parse_args(default).max_bytes_per_trigger == DEFAULT_MAX_BYTES_PER_TRIGGER
