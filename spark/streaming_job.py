@@ -150,7 +150,6 @@ def build_query(spark, config: JobConfig, settings: Settings):
     from spark.sinks.elastic import ElasticsearchSink
     from spark.sinks.postgres import PostgresSink
     from spark.sinks.topic import TopicIds
-
     from spark.transforms import documents_of
 
     elastic = ElasticsearchSink(settings.es_url, index_prefix=config.es_index_prefix)
@@ -201,8 +200,8 @@ def run(spark, config: JobConfig, settings: Settings) -> None:
     """Run the query until it ends (available-now) or fails; a failure raises StreamingQueryException."""
     from pyspark.errors import StreamingQueryException
 
-    from spark.heartbeat import HeartbeatListener
     from include.connections import warehouse_session
+    from spark.heartbeat import HeartbeatListener
 
     listener = HeartbeatListener(lambda: warehouse_session(settings, config.pg_schema))
     spark.streams.addListener(listener)
