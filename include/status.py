@@ -1,5 +1,6 @@
 """The pipeline's status in one call: streaming job health, Kafka lag, rows per table against documents per index
-against source rows, dead letters (per entity and per reason class, validator errors apart: each is a bug), and
+against source rows, the drift (ids a store lacks, holds extra or at another version than its reference, from
+include/reconcile), dead letters (per entity and per reason class, validator errors apart: each is a bug), and
 the data-quality verdict. Used by the MCP server and the demo report.
 
 It reads the same observations and the same pure verdict functions as the watchdog and the DQ sensor, through
@@ -8,6 +9,7 @@ connections built from the settings rather than Airflow connections, so it runs 
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import ExitStack, closing
 
 
@@ -31,7 +33,7 @@ def pipeline_status() -> dict:
             warehouse=warehouse, source=source, es=es, bootstrap=settings.kafka_bootstrap,
             topic=settings.kafka_topic, checkpoint=config.checkpoint, query_name=config.query_name,
             window_minutes=thresholds.window_minutes, warehouse_schema=config.pg_schema,
-            index_prefix=config.es_index_prefix, source_schema=config.source_schema)
+            index_prefix=config.es_index_prefix, source_schema=config.source_schema, compare_content=True)
         health = classify_job_health(
             observe_job(config.checkpoint, config.query_name, warehouse, settings.kafka_bootstrap,
                         settings.kafka_topic, config.pg_schema), config.health)
@@ -52,5 +54,6 @@ def pipeline_status() -> dict:
              "source_rows": row.source_rows, "dead_letters": row.dead_letters}
             for row in counts.entities
         ],
+        "drift": [{**dataclasses.asdict(d), "total": d.total} for d in counts.drift],
         "table": report.table,
     }
