@@ -156,7 +156,7 @@ def test_reconciler_finds_and_repairs_every_kind_of_drift(monkeypatch, settings,
     assert all(store["drift"] == 0 for store in again["stores"])
     assert warehouse_db.execute("SELECT count(*) FROM leads").fetchone()[0] == ROWS - 1
     assert es.count(index=index)["count"] == ROWS - 1
-    for entity in ENTITIES:  # the other entities: empty everywhere, so equal
+    for entity in set(ENTITIES) - {LEAD}:  # empty everywhere, so equal
         assert run(settings, source_db, warehouse_db, es, source_schema, pg_schema, es_prefix,
                    entity=entity)["drift"] == 0
     gated = gate(monkeypatch, settings, source_schema, pg_schema, es_prefix, kafka_topic)
