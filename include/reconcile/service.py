@@ -80,7 +80,7 @@ def reconcile_entity(entity: Entity, *, warehouse, es, source=None, warehouse_sc
     if source is not None and entity.source_table:
         drifts.append(compare_stores(entity, SqlStore("source", source, entity, entity.source_table, source_schema),
                                      postgres))
-    drifts.append(compare_stores(entity, postgres, ElasticStore(es, es_index_name(entity, index_prefix))))
+    drifts.append(compare_stores(entity, postgres, ElasticStore(es, es_index_name(entity, index_prefix), entity.key)))
     return tuple(drifts)
 
 

@@ -6,6 +6,7 @@ bucket, and the (id, version) pairs of some buckets. The arithmetic is in `compa
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Iterator, Sequence
 
 from include.entities import Entity
@@ -20,6 +21,8 @@ RANGES_PER_STATEMENT = 2000
 # Hits per Elasticsearch page: its default index.max_result_window, the most one search may return.
 ES_PAGE_SIZE = 10_000
 PIT_KEEP_ALIVE = "2m"
+# Bucket prefixes per listing query: well inside the default indices.query.bool.max_clause_count.
+PREFIXES_PER_QUERY = 500
 
 
 def fetch(connection, statement: str, parameters: dict | None = None) -> list[tuple]:
@@ -72,17 +75,23 @@ class SqlStore:
 
 class ElasticStore:
     """One entity's index. Elasticsearch cannot sort or prefix-query `_id` (its field data is off by default), so
-    every read streams the whole index through a point in time in shard order, and buckets are kept client-side."""
+    the digests stream the whole index through a point in time in shard order, and buckets are kept client-side.
+    Listing some buckets asks for them by the document's own id field (`key_field`, which the sink writes equal to
+    `_id`), case-insensitively; a bucket whose listing does not hold as many documents as its digest counted (a
+    document whose id field is absent or differs from its `_id`) is listed from a full stream instead."""
 
     name = "elasticsearch"
 
-    def __init__(self, client, index: str, page_size: int = ES_PAGE_SIZE):
+    def __init__(self, client, index: str, key_field: str = "id", page_size: int = ES_PAGE_SIZE):
         self.client = client
         self.index = index
+        self.key_field = key_field
         self.page_size = page_size
+        self._rows: dict[str, int] = {}  # documents per bucket, from the last digests
 
-    def stream(self) -> Iterator[tuple[str, int]]:
-        """(_id, _version) of every document, in no particular order; nothing for a missing index."""
+    def stream(self, query: dict | None = None) -> Iterator[tuple[str, int]]:
+        """(_id, _version) of every document (matching `query`), in no particular order; nothing for a missing
+        index."""
         from elasticsearch import NotFoundError
 
         try:
@@ -95,7 +104,7 @@ class ElasticStore:
             while True:
                 page = self.client.search(
                     pit={"id": pit, "keep_alive": PIT_KEEP_ALIVE}, size=self.page_size, source=False, version=True,
-                    sort=[{"_shard_doc": "asc"}], search_after=after, track_total_hits=False)
+                    sort=[{"_shard_doc": "asc"}], search_after=after, track_total_hits=False, query=query)
                 hits = page["hits"]["hits"]
                 pit = page.get("pit_id", pit)
                 for hit in hits:
@@ -115,11 +124,24 @@ class ElasticStore:
             return 0
 
     def digests(self, digits: int) -> dict[str, Digest]:
-        return digests(self.stream(), digits)
+        result = digests(self.stream(), digits)
+        self._rows = {bucket: rows for bucket, (rows, _) in result.items()}
+        return result
 
     def pairs(self, buckets: Sequence[str]) -> list[tuple[str, int]]:
         if not buckets:
             return []
-        wanted, digits = set(buckets), len(buckets[0])
+        digits = len(buckets[0])
+        listed: list[tuple[str, int]] = []
+        for start in range(0, len(buckets), PREFIXES_PER_QUERY):
+            group = set(buckets[start:start + PREFIXES_PER_QUERY])
+            query = {"bool": {"should": [{"prefix": {self.key_field: {"value": b, "case_insensitive": True}}}
+                                         for b in sorted(group)]}}
+            listed.extend((raw, version) for raw, version in self.stream(query) if bucket_of(raw, digits) in group)
+        listed_rows = Counter(bucket_of(raw, digits) for raw, _ in listed)
+        if all(listed_rows.get(b, 0) == self._rows.get(b, 0) for b in buckets):
+            return listed
+        log.warning("index %s: documents whose %s differs from their _id; listing %s buckets from a full stream",
+                    self.index, self.key_field, len(buckets))
+        wanted = set(buckets)
         return [(raw, version) for raw, version in self.stream() if bucket_of(raw, digits) in wanted]
-

@@ -162,3 +162,24 @@ def test_reconciler_finds_and_repairs_every_kind_of_drift(monkeypatch, settings,
     gated = gate(monkeypatch, settings, source_schema, pg_schema, es_prefix, kafka_topic)
     assert not any("differs" in reason for reason in gated.reasons), gated.reasons
     assert gated.counts.drift is not None and sum(d.total for d in gated.counts.drift) == 0
+
+
+def test_elasticsearch_listing_falls_back_to_a_full_stream_for_documents_without_their_id(es, index):
+    """Buckets are listed by the documents' id field; a document lacking it (not written by the sink) is still
+    found, because the bucket's listing then falls short of its digest."""
+    from include.reconcile.stores import ElasticStore
+
+    spelled = {"0a000000-0000-4000-8000-000000000001": "0a000000-0000-4000-8000-000000000001",
+               "0A000000-0000-4000-8000-000000000002": "0A000000-0000-4000-8000-000000000002",
+               "0b000000-0000-4000-8000-000000000003": None}  # _id -> its id field
+    for version, (document_id, field) in enumerate(spelled.items(), start=1):
+        es.index(index=index, id=document_id, version=version, version_type="external_gte",
+                 document={} if field is None else {"id": field})
+    es.indices.refresh(index=index)
+    store = ElasticStore(es, index)
+    assert store.digests(2).keys() == {"0a", "0b"}
+
+    assert sorted(store.pairs(["0a"])) == [("0A000000-0000-4000-8000-000000000002", 2),
+                                           ("0a000000-0000-4000-8000-000000000001", 1)]
+    assert store.pairs(["0b"]) == [("0b000000-0000-4000-8000-000000000003", 3)]
+    assert store.pairs([]) == []
