@@ -123,6 +123,8 @@ class Settings(BaseSettings):
     dq_window_minutes: NonNegative = 60
     dq_max_heartbeat_age_seconds: Seconds = 300.0
     dq_max_kafka_lag: NonNegative = 10_000
+    # Ids on which a store may differ from its reference, per entity and store (include/reconcile).
+    dq_max_drift: NonNegative = 0
 
     def as_environment(self) -> dict[str, str]:
         """Every setting as its `PIPELINE_*` variable, for a process that must see exactly these values (a driver

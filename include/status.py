@@ -1,5 +1,6 @@
 """The pipeline's status in one call: streaming job health, Kafka lag, rows per table against documents per index
-against source rows, dead letters (per entity and per reason class, validator errors apart: each is a bug), Kafka
+against source rows, the drift (ids a store lacks, holds extra or at another version than its reference, from
+include/reconcile), dead letters (per entity and per reason class, validator errors apart: each is a bug), Kafka
 offset ranges the job never read (lost_offsets), the source's logical replication slots (retained WAL, age of the
 last confirmation) and the data-quality verdict. Used by the MCP server and the demo report.
 
@@ -9,6 +10,7 @@ connections built from the settings rather than Airflow connections, so it runs 
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import ExitStack, closing
 from dataclasses import asdict
 
@@ -34,7 +36,7 @@ def pipeline_status() -> dict:
             warehouse=warehouse, source=source, es=es, bootstrap=settings.kafka_bootstrap,
             topic=settings.kafka_topic, checkpoint=config.checkpoint, query_name=config.query_name,
             window_minutes=thresholds.window_minutes, warehouse_schema=config.pg_schema,
-            index_prefix=config.es_index_prefix, source_schema=config.source_schema)
+            index_prefix=config.es_index_prefix, source_schema=config.source_schema, compare_content=True)
         slots = observe_slots(source, warehouse, settings.extract_cdc_max_retained_wal_bytes,
                               settings.extract_cdc_max_confirm_age_seconds)
         health = classify_job_health(
@@ -58,6 +60,7 @@ def pipeline_status() -> dict:
              "source_rows": row.source_rows, "dead_letters": row.dead_letters}
             for row in counts.entities
         ],
+        "drift": [{**dataclasses.asdict(d), "total": d.total} for d in counts.drift],
         "table": report.table,
         # Logical replication slots of the source (the cdc extraction's and any other): WAL each holds back, age
         # of the extraction's last confirmation, and what is over its threshold.

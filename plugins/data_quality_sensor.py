@@ -1,7 +1,9 @@
 """DataQualitySensor: waits until the warehouse, the search index and the stream agree, within thresholds.
 
 Each poke gathers per-entity counts (Postgres rows, Elasticsearch documents, Supabase rows, dead letters in the
-window) and the query's heartbeat age and Kafka lag, and judges them with the pure `evaluate_quality`. The
+window), the query's heartbeat age and Kafka lag, and (unless `compare_content` is off) the drift: ids on which
+Postgres differs from the source or Elasticsearch from Postgres (include/reconcile; hashed per id range, so a
+poke over a million rows per entity takes a minute or two), and judges them with the pure `evaluate_quality`. The
 report goes to XCom (key `dq_report`) and to the task log as a table. Data that is still catching up is poked
 again; on timeout the task fails with the last report's reasons, not a bare "sensor timed out".
 """
@@ -27,6 +29,7 @@ class DataQualitySensor(BaseSensorOperator):
     :param query_name: streaming query whose heartbeat and checkpoint are checked
     :param entities: registry entity names to check (default: all)
     :param thresholds: overrides of the configured thresholds (QualityThresholds field names)
+    :param compare_content: compare ids and versions across the stores, not only counts (gates on drift)
     """
 
     template_fields: Sequence[str] = ("query_name", "entities", "thresholds")
@@ -38,6 +41,7 @@ class DataQualitySensor(BaseSensorOperator):
         query_name: str | None = None,
         entities: Sequence[str] | None = None,
         thresholds: dict[str, Any] | None = None,
+        compare_content: bool = True,
         warehouse_conn_id: str = WAREHOUSE_CONN_ID,
         source_conn_id: str | None = SUPABASE_DB_CONN_ID,
         elasticsearch_conn_id: str = ELASTICSEARCH_CONN_ID,
@@ -49,6 +53,7 @@ class DataQualitySensor(BaseSensorOperator):
         self.query_name = query_name
         self.entities = entities
         self.thresholds = thresholds
+        self.compare_content = compare_content
         self.warehouse_conn_id = warehouse_conn_id
         self.source_conn_id = source_conn_id
         self.elasticsearch_conn_id = elasticsearch_conn_id
@@ -79,6 +84,7 @@ class DataQualitySensor(BaseSensorOperator):
                 window_minutes=thresholds.window_minutes, warehouse_schema=config.pg_schema,
                 index_prefix=config.es_index_prefix, source_schema=config.source_schema,
                 entities=[BY_NAME[name] for name in self.entities] if self.entities else ENTITIES,
+                compare_content=self.compare_content,
             )
         return evaluate_quality(counts, thresholds)
 

@@ -15,7 +15,7 @@ from typing import Iterable
 from include.entities import ENTITIES, Entity
 from include.orchestration.checkpoint import kafka_lag, last_committed_batch
 from include.orchestration.health import JobObservation
-from include.orchestration.quality import EntityCounts, LostOffsets, QualityCounts
+from include.orchestration.quality import DriftCount, EntityCounts, LostOffsets, QualityCounts
 from include.orchestration.supervision import QueryFiles
 from include.schema import render_sql
 
@@ -109,9 +109,12 @@ def gather_quality_counts(
     index_prefix: str = "",
     source_schema: str | None = None,
     entities: Iterable[Entity] = ENTITIES,
+    compare_content: bool = False,
 ) -> QualityCounts:
     """Counts for the data-quality verdict. `source` is the Supabase connection (None skips source counts);
-    schemas default to each connection's search_path; `index_prefix` is the job's index-name prefix."""
+    schemas default to each connection's search_path; `index_prefix` is the job's index-name prefix.
+    `compare_content` also compares ids and versions across the stores (include/reconcile): the drift."""
+    entities = tuple(entities)
     dead: Counter = Counter()
     by_reason: Counter = Counter()
     for entity_name, reason_class, count in _fetch(warehouse, render_sql("quality_dead_letters.sql",
@@ -138,4 +141,19 @@ def gather_quality_counts(
         dead_letters_by_reason=dict(by_reason),
         heartbeat_age_seconds=heartbeat(warehouse, query_name, warehouse_schema).age_seconds,
         kafka_lag=query_lag(checkpoint, bootstrap, topic),
+        drift=drift_counts(entities, warehouse=warehouse, es=es, source=source, warehouse_schema=warehouse_schema,
+                           source_schema=source_schema, index_prefix=index_prefix) if compare_content else None,
     )
+
+
+def drift_counts(entities: Iterable[Entity], *, warehouse, es, source, warehouse_schema: str | None,
+                 source_schema: str | None, index_prefix: str) -> tuple[DriftCount, ...]:
+    """Per entity and store, the ids on which it differs from its reference, by kind."""
+    from include.reconcile.compare import count_by_kind
+    from include.reconcile.service import reconcile_entity
+
+    return tuple(DriftCount(d.entity, d.store, d.reference, **count_by_kind(d.differences))
+                 for entity in entities
+                 for d in reconcile_entity(entity, warehouse=warehouse, es=es, source=source,
+                                           warehouse_schema=warehouse_schema, source_schema=source_schema,
+                                           index_prefix=index_prefix))

@@ -2,8 +2,10 @@
 
 Per entity: Postgres rows against Elasticsearch documents (the two sinks of one stream must agree), against the
 source rows where there is a source (Supabase), and dead letters in the window; for the query: heartbeat
-freshness, Kafka lag, and Kafka offsets it never read (lost_offsets, found in the window: any fails the verdict). Gaps are allowed up to a percentage of the larger count, rounded down, so on small
-tables any gap fails. A heartbeat is written per batch and Spark 4 reports nothing while a query is idle, so an
+freshness, Kafka lag, and Kafka offsets it never read (lost_offsets, found in the window: any fails the verdict);
+and, where the content was compared (include/reconcile), the drift per entity and store: ids one store lacks,
+holds extra, or holds at another version than its reference. Gaps are allowed up to a percentage of the larger
+count, rounded down, so on small tables any gap fails. A heartbeat is written per batch and Spark 4 reports nothing while a query is idle, so an
 old heartbeat fails the check only while messages are waiting; a query that never reported fails it always.
 """
 
@@ -59,6 +61,23 @@ class LostOffsets:
 
 
 @dataclass(frozen=True)
+class DriftCount:
+    """Ids on which one store differs from its reference for one entity (include/reconcile)."""
+
+    entity: str
+    store: str  # postgres (against the source) or elasticsearch (against postgres)
+    reference: str
+    missing: int
+    extra: int
+    older: int
+    newer: int
+
+    @property
+    def total(self) -> int:
+        return self.missing + self.extra + self.older + self.newer
+
+
+@dataclass(frozen=True)
 class QualityCounts:
     entities: tuple[EntityCounts, ...]
     # dead letters not attributable to an entity (unparseable JSON, unknown tipo_evento)
@@ -69,6 +88,8 @@ class QualityCounts:
     dead_letters_by_reason: Mapping[str, int] = field(default_factory=dict)
     # offset ranges found lost in the window, oldest first
     lost_offsets: tuple[LostOffsets, ...] = ()
+    # None: the content was not compared (counts only)
+    drift: tuple[DriftCount, ...] | None = None
 
     @property
     def validator_errors(self) -> int:
@@ -84,6 +105,7 @@ class QualityThresholds:
     window_minutes: int = 60
     max_heartbeat_age_seconds: float = 300.0
     max_kafka_lag: int = 10_000
+    max_drift: int = 0
 
     def __post_init__(self):
         for field_name, value in asdict(self).items():
@@ -136,14 +158,32 @@ def _entity_problems(row: EntityCounts, t: QualityThresholds) -> list[str]:
     return problems
 
 
+def _drift_problems(drift: DriftCount, t: QualityThresholds) -> list[str]:
+    if drift.total <= t.max_drift:
+        return []
+    kinds = ", ".join(f"{getattr(drift, kind)} {kind}" for kind in ("missing", "extra", "older", "newer")
+                      if getattr(drift, kind))
+    return [f"{drift.entity}: {_STORE_NAMES[drift.store]} differs from {_STORE_NAMES[drift.reference]} on "
+            f"{drift.total} ids ({kinds}; more than {t.max_drift})"]
+
+
+_STORE_NAMES = {"source": "the source", "postgres": "Postgres", "elasticsearch": "Elasticsearch"}
+
+
+def _drift_cell(counts: QualityCounts, entity: str) -> str:
+    if counts.drift is None:
+        return "-"
+    return str(sum(d.total for d in counts.drift if d.entity == entity))
+
+
 def _table(counts: QualityCounts, flagged: set[str]) -> str:
-    header = ("entity", "source", "postgres", "elasticsearch", "dead letters", "status")
+    header = ("entity", "source", "postgres", "elasticsearch", "dead letters", "drift", "status")
     rows = [header] + [
         (r.entity, "-" if r.source_rows is None else str(r.source_rows), str(r.postgres_rows), str(r.es_docs),
-         str(r.dead_letters), "FAIL" if r.entity in flagged else "ok")
+         str(r.dead_letters), _drift_cell(counts, r.entity), "FAIL" if r.entity in flagged else "ok")
         for r in counts.entities
     ]
-    rows.append(("(unattributed)", "-", "-", "-", str(counts.unattributed_dead_letters), ""))
+    rows.append(("(unattributed)", "-", "-", "-", str(counts.unattributed_dead_letters), "", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]
@@ -153,7 +193,7 @@ def _table(counts: QualityCounts, flagged: set[str]) -> str:
                  f"kafka lag: {'unknown' if counts.kafka_lag is None else counts.kafka_lag}; "
                  f"validator errors: {counts.validator_errors}; "
                  f"lost offsets: {sum(r.offsets for r in counts.lost_offsets)} in {len(counts.lost_offsets)} "
-                 "ranges")
+                 f"ranges; content {'not compared' if counts.drift is None else 'compared id by id'}")
     return "\n".join(lines)
 
 
@@ -162,6 +202,9 @@ def evaluate_quality(counts: QualityCounts, thresholds: QualityThresholds) -> Qu
     flagged: set[str] = set()
     for row in counts.entities:
         problems = _entity_problems(row, thresholds)
+        for drift in counts.drift or ():
+            if drift.entity == row.entity:
+                problems.extend(_drift_problems(drift, thresholds))
         if problems:
             flagged.add(row.entity)
             reasons.extend(problems)

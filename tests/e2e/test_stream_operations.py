@@ -50,7 +50,7 @@ from include.orchestration.releases import ReleaseStore
 from include.orchestration.supervision import QueryFiles, read_exits
 from include.schema import apply_sql, quote_ident, source_ddl, warehouse_ddl
 from include.settings import REPO_ROOT
-from tests.stream_support import chat_message, driver_jvms, evento_message, lead_message, produce
+from tests.stream_support import T0, chat_message, driver_jvms, evento_message, lead_message, produce
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -228,13 +228,14 @@ def _remove_releases(ops: Stack) -> None:
 
 
 def add_leads(stack: Stack, count: int) -> list[dict]:
-    """Leads written to the Supabase stand-in schema and published to the topic, as the extraction would."""
+    """Leads written to the Supabase stand-in schema and published to the topic, as the extraction would: at the
+    messages' version, so the gate's content comparison finds the source and the sinks equal."""
     import psycopg
 
     with psycopg.connect(stack.settings.pg_dsn(stack.settings.pg_source_db), autocommit=True) as connection:
         ids = [r[0] for r in connection.execute(
-            f"INSERT INTO {quote_ident(stack.schema)}.leads (nome) SELECT 'e2e ' || n FROM generate_series(1, %s) n "
-            "RETURNING id::text", (count,))]
+            f"INSERT INTO {quote_ident(stack.schema)}.leads (nome, updated_at) SELECT 'e2e ' || n, %s "
+            "FROM generate_series(1, %s) n RETURNING id::text", (T0, count))]
     leads = [lead_message(id=lead_id) for lead_id in ids]
     produce(stack.settings, stack.topic, leads)
     stack.leads.extend(leads)
@@ -247,8 +248,8 @@ def _seed(stack: Stack) -> None:
 
     with psycopg.connect(stack.settings.pg_dsn(stack.settings.pg_source_db), autocommit=True) as connection:
         chat_ids = [r[0] for r in connection.execute(
-            f"INSERT INTO {quote_ident(stack.schema)}.chat_sessions (total_messages) SELECT n "
-            "FROM generate_series(1, 4) n RETURNING id::text")]
+            f"INSERT INTO {quote_ident(stack.schema)}.chat_sessions (total_messages, updated_at) SELECT n, %s "
+            "FROM generate_series(1, 4) n RETURNING id::text", (T0,))]
     produce(stack.settings, stack.topic, [chat_message(id=chat_id) for chat_id in chat_ids]
             + [evento_message() for _ in range(5)])
     add_leads(stack, 6)

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from include.orchestration.quality import (EntityCounts, LostOffsets, QualityCounts, QualityThresholds,
+from include.orchestration.quality import (DriftCount, EntityCounts, LostOffsets, QualityCounts, QualityThresholds,
                                           evaluate_quality)
 from include.settings import SettingsError
 
@@ -26,10 +26,12 @@ def test_consistent_data_passes_with_a_readable_table():
     assert report.passed and report.reasons == ()
     assert report.summary == "data quality PASSED"
     lines = report.table.splitlines()
-    assert lines[0].split() == ["entity", "source", "postgres", "elasticsearch", "dead", "letters", "status"]
-    assert lines[2].split() == ["lead", "100", "100", "100", "0", "ok"]
-    assert lines[4].split() == ["evento", "-", "20", "20", "0", "ok"]
+    assert lines[0].split() == ["entity", "source", "postgres", "elasticsearch", "dead", "letters", "drift",
+                                "status"]
+    assert lines[2].split() == ["lead", "100", "100", "100", "0", "-", "ok"]
+    assert lines[4].split() == ["evento", "-", "20", "20", "0", "-", "ok"]
     assert "heartbeat age: 15 s; kafka lag: 0" in lines[-1]
+    assert lines[-1].endswith("content not compared")
 
 
 def test_elasticsearch_missing_documents_fails_naming_the_entity():
@@ -132,3 +134,51 @@ def test_thresholds_from_settings_and_overrides():
 def test_bad_threshold_settings_name_the_setting(name, value):
     with pytest.raises(SettingsError, match=name):
         QualityThresholds.load({name: value})
+
+
+def drift(entity="lead", store="elasticsearch", missing=0, extra=0, older=0, newer=0) -> DriftCount:
+    reference = "source" if store == "postgres" else "postgres"
+    return DriftCount(entity, store, reference, missing, extra, older, newer)
+
+
+DRIFT_CASES = {
+    # name: (drift, max_drift, expected reasons)
+    "compared, none": ((drift(), drift(store="postgres")), 0, ()),
+    "elasticsearch misses one id with equal counts elsewhere": (
+        (drift(missing=1),), 0,
+        ("lead: Elasticsearch differs from Postgres on 1 ids (1 missing; more than 0)",)),
+    "every kind, named in words": (
+        (drift(missing=1, extra=2, older=3, newer=4),), 0,
+        ("lead: Elasticsearch differs from Postgres on 10 ids (1 missing, 2 extra, 3 older, 4 newer; more than 0)",)),
+    "source newer than postgres": (
+        (drift(store="postgres", older=2),), 0,
+        ("lead: Postgres differs from the source on 2 ids (2 older; more than 0)",)),
+    "at the allowed drift": ((drift(extra=3),), 3, ()),
+    "one over the allowed drift": ((drift(extra=4),), 3,
+                                   ("lead: Elasticsearch differs from Postgres on 4 ids (4 extra; more than 3)",)),
+    "each store judged apart": (
+        (drift(store="postgres", missing=1), drift(entity="evento", newer=1)), 0,
+        ("lead: Postgres differs from the source on 1 ids (1 missing; more than 0)",
+         "evento: Elasticsearch differs from Postgres on 1 ids (1 newer; more than 0)")),
+}
+
+
+@pytest.mark.parametrize("name", DRIFT_CASES)
+def test_drift(name):
+    drifts, max_drift, reasons = DRIFT_CASES[name]
+    thresholds = dataclasses.replace(THRESHOLDS, max_drift=max_drift)
+    report = evaluate_quality(dataclasses.replace(counts(), drift=drifts), thresholds)
+    assert report.reasons == reasons
+    assert report.passed is (not reasons)
+    flagged = {line.split()[0] for line in report.table.splitlines()[2:5] if line.split()[-1] == "FAIL"}
+    assert flagged == {r.split(":")[0] for r in reasons}
+    assert report.table.splitlines()[-1].endswith("content compared id by id")
+
+
+def test_drift_column_sums_the_stores_of_an_entity():
+    report = evaluate_quality(dataclasses.replace(
+        counts(), drift=(drift(store="postgres", older=2), drift(missing=1), drift(entity="chat_session"))),
+        THRESHOLDS)
+    lines = report.table.splitlines()
+    assert lines[2].split()[-2:] == ["3", "FAIL"] and lines[3].split()[-2:] == ["0", "ok"]
+    assert lines[4].split()[-2:] == ["0", "ok"]  # evento: compared, no drift recorded for it
