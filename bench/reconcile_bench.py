@@ -26,9 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.data import EventGenerator
+from include.connections import pg_session
 from include.contract import encode, record_message
 from include.entities import BY_NAME, Entity
-from include.extract.service import connect_postgres
 from include.schema import apply_sql, ensure_index, quote_ident, source_ddl, warehouse_ddl
 from include.settings import REPO_ROOT, load_settings
 
@@ -55,7 +55,7 @@ def load(settings, entity: Entity, rows: int, name: str, es, index: str) -> None
     columns = ", ".join(quote_ident(f) for f in entity.field_names)
     target = (f"{quote_ident(name)}.{quote_ident(entity.source_table)}" if entity.source_table
               else quote_ident(entity.table))
-    first = connect_postgres(settings, settings.pg_source_db if entity.source_table else settings.pg_warehouse_db,
+    first = pg_session(settings, settings.pg_source_db if entity.source_table else settings.pg_warehouse_db,
                              None if entity.source_table else name)
 
     def bulk(lines: list[bytes]) -> None:
@@ -85,8 +85,8 @@ def load(settings, entity: Entity, rows: int, name: str, es, index: str) -> None
         for future in pending:
             future.result()
     if entity.source_table:
-        with connect_postgres(settings, settings.pg_source_db) as source, \
-                connect_postgres(settings, settings.pg_warehouse_db, name) as warehouse:
+        with pg_session(settings, settings.pg_source_db) as source, \
+                pg_session(settings, settings.pg_warehouse_db, name) as warehouse:
             with source.cursor().copy(f"COPY {target} ({columns}) TO STDOUT") as out, \
                     warehouse.cursor().copy(f"COPY {quote_ident(entity.table)} ({columns}) FROM STDIN") as into:
                 for data in out:
@@ -106,7 +106,7 @@ def make_drift(settings, entity: Entity, count: int, name: str, es, index: str) 
     shares = (0.25, 0.25, 0.1, 0.25, 0.15) if has_source else (0.4, 0.4, 0.2)
     sizes = [int(count * share) for share in shares]
     sizes[-1] += count - sum(sizes)
-    with connect_postgres(settings, settings.pg_warehouse_db, name) as warehouse:
+    with pg_session(settings, settings.pg_warehouse_db, name) as warehouse:
         warehouse.autocommit = True
         ids = [r[0] for r in warehouse.execute(f"SELECT {key}::text FROM {table} ORDER BY random() LIMIT %s",
                                                [count]).fetchall()]
@@ -121,7 +121,7 @@ def make_drift(settings, entity: Entity, count: int, name: str, es, index: str) 
         if has_source:
             source_table = f"{quote_ident(name)}.{quote_ident(entity.source_table)}"
             newer, deleted = groups[3], groups[4]
-            with connect_postgres(settings, settings.pg_source_db) as source:
+            with pg_session(settings, settings.pg_source_db) as source:
                 # The source's trigger stamps an update with its clock; the warehouse takes the same version.
                 moved = source.execute(f"UPDATE {source_table} SET {version} = {version} WHERE {key} = ANY(%s::uuid[]) "
                                        f"RETURNING {key}, {version}", [older + newer]).fetchall()
@@ -167,16 +167,16 @@ def bench_entity(settings, entity: Entity, rows: int, drift: int) -> dict:
     index = entity.index_name(name)
     es = Elasticsearch(settings.es_url, request_timeout=120)
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="reconcile-bench")
-    source_admin = connect_postgres(settings, settings.pg_source_db)
-    warehouse_admin = connect_postgres(settings, settings.pg_warehouse_db)
+    source_admin = pg_session(settings, settings.pg_source_db)
+    warehouse_admin = pg_session(settings, settings.pg_warehouse_db)
     source_admin.autocommit = warehouse_admin.autocommit = True
     try:
         admin.create_topics([NewTopic(name, num_partitions=settings.kafka_partitions, replication_factor=1)])
         for connection in (source_admin, warehouse_admin):
             connection.execute(f"CREATE SCHEMA {quote_ident(name)}")
-        with connect_postgres(settings, settings.pg_source_db) as connection:
+        with pg_session(settings, settings.pg_source_db) as connection:
             apply_sql(connection, source_ddl(schema=name))
-        with connect_postgres(settings, settings.pg_warehouse_db, name) as connection:
+        with pg_session(settings, settings.pg_warehouse_db, name) as connection:
             apply_sql(connection, warehouse_ddl())
         ensure_index(es, entity, index)
         es.indices.put_settings(index=index, settings={"refresh_interval": "-1"})

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import pytest
 
+from include.connections import warehouse_session
 from include.contract import MAX_PAYLOAD_BYTES
 from include.entities import ENTITIES
 from include.orchestration.releases import ReleaseStore
 from include.schema import quote_ident
 from include.settings import REPO_ROOT
 from include.orchestration.config import StreamOpsConfig
-from spark.sinks.postgres import connect
 from spark.validation import INVALID_JSON
 from stack.services import SparkMaster, SparkWorker, StackError, pid_alive, wait_until as wait_healthy
 from tests.e2e.test_streaming_job import BUILDERS, MINUTE, Target, es_documents, micros, wait_until
@@ -190,7 +190,7 @@ def run_on_cluster(settings, cluster, es, pg_schema, es_prefix, kafka_topic, tmp
     for partition, offset in positions:
         end_offsets[str(partition)] = max(end_offsets.get(str(partition), 0), offset + 1)
 
-    db = connect(settings, pg_schema, autocommit=True)
+    db = warehouse_session(settings, pg_schema, autocommit=True)
     log_path = tmp_path / "supervisor.log"
     started = time.monotonic()
     with log_path.open("w") as log:
