@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from include.connections import pg_session
 from include.entities import ENTITIES
 from include.schema import apply_sql, ensure_index, quote_ident, source_ddl, warehouse_ddl
 from include.settings import REPO_ROOT, Settings, load_settings
@@ -37,17 +38,15 @@ DAG_FILES = {path.name for path in (REPO_ROOT / "dags").glob("*.py")}
 def isolated_objects(settings: Settings, es):
     """PIPELINE_* overrides naming a warehouse and a source database (schema applied), a topic, an index prefix
     (indices created) and a checkpoint root, all created here and removed afterwards."""
-    import psycopg
-
     databases = {"warehouse": unique_name("test_wh"), "source": unique_name("test_src")}
     with (owned_topic(settings) as topic, owned_index_prefix(es) as prefix,
-          psycopg.connect(settings.pg_dsn("postgres"), autocommit=True) as admin):
+          pg_session(settings, "postgres", autocommit=True) as admin):
         checkpoints = settings.state_dir / "test-checkpoints" / prefix
         for database in databases.values():
             admin.execute(f"CREATE DATABASE {quote_ident(database)}")
         try:
             for database, ddl in ((databases["warehouse"], warehouse_ddl()), (databases["source"], source_ddl())):
-                with psycopg.connect(settings.pg_dsn(database)) as connection:
+                with pg_session(settings, database) as connection:
                     apply_sql(connection, ddl)
             for entity in ENTITIES:
                 ensure_index(es, entity, index=f"{prefix}_{entity.index}")
@@ -74,13 +73,11 @@ def isolated_stack(settings, es):
 @contextmanager
 def airflow_metadata_of(settings: Settings):
     """A migrated Airflow metadata database and home for `settings`, dropped and removed afterwards."""
-    import psycopg
-
     init_airflow(settings)
     try:
         yield settings
     finally:
-        with psycopg.connect(settings.pg_dsn("postgres"), autocommit=True) as admin:
+        with pg_session(settings, "postgres", autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(settings.pg_airflow_db)} WITH (FORCE)")
         shutil.rmtree(settings.resolved_airflow_home, ignore_errors=True)
 

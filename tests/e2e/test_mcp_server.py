@@ -44,7 +44,7 @@ async def _session(environment: dict, calls):
         return await calls(client)
 
 
-def test_mcp_tools_against_the_local_stack(settings, seeded, kafka_topic):
+def test_mcp_tools_against_the_local_stack(settings, seeded):
     async def calls(client):
         listed = {tool.name for tool in (await client.list_tools()).tools}
         stats = _structured(await client.call_tool("get_supabase_stats", {}))
@@ -72,7 +72,7 @@ def test_mcp_tools_against_the_local_stack(settings, seeded, kafka_topic):
     # Validator errors are a count of their own, apart from the dead letters of bad messages.
     assert status["validator_errors"] == status["dead_letters_by_reason"].get("validator_error", 0)
 
-    consumer = KafkaConsumer(kafka_topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+    consumer = KafkaConsumer(seeded["PIPELINE_KAFKA_TOPIC"], bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
                              enable_auto_commit=False, consumer_timeout_ms=20_000, group_id=None)
     published = []
     for message in consumer:
