@@ -190,15 +190,23 @@ class Service:
         if pid_alive(pid):
             log.info("stopping %s (pid %s)", self.name, pid)
             os.kill(pid, self.stop_signal)
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + self.stop_timeout
             while pid_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.3)
             if pid_alive(pid):
-                log.warning("%s (pid %s) ignored the stop signal for 60 s; killing it", self.name, pid)
+                log.warning("%s (pid %s) ignored the stop signal for %s s; killing it", self.name, pid,
+                            self.stop_timeout)
                 os.kill(pid, signal.SIGKILL)
+            # spawn() made the service the leader of a session of its own, so its process group id is its pid:
+            # children it left behind (e.g. the Airflow scheduler's executor workers after a SIGKILL) go with it.
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # the group ended with its leader
         self.pid_path.unlink(missing_ok=True)
 
     stop_signal = signal.SIGTERM
+    stop_timeout = 60
 
     def crash(self) -> None:
         """Kill the service the way a power cut would, by its recorded pid (SIGKILL: no shutdown of any kind), for

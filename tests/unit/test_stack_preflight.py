@@ -52,3 +52,29 @@ def test_local_spark_cluster_is_opt_in_on_loopback_one_core_per_worker(tmp_path)
 def test_worker_memory_is_a_spark_size():
     with pytest.raises(Exception, match="PIPELINE_SPARK_WORKER_MEMORY"):
         load_settings({"PIPELINE_PG_PASSWORD": "x", "PIPELINE_SPARK_WORKER_MEMORY": "lots"})
+
+
+def test_stop_ends_the_children_a_service_leaves_behind(tmp_path):
+    """A service that ignores SIGTERM is killed, and so is what it started (its process group, by its pid)."""
+    import time
+
+    from stack.services import Service, pid_alive
+
+    class Stubborn(Service):
+        name = "stubborn"
+        stop_timeout = 1
+
+    service = Stubborn(load_settings({"PIPELINE_PG_PASSWORD": "x", "PIPELINE_STATE_DIR": str(tmp_path)}))
+    child_file = tmp_path / "child.pid"
+    leader = service.spawn(["sh", "-c", f"trap '' TERM; sleep 300 & echo $! > {child_file}; wait"])
+    deadline = time.monotonic() + 10
+    while not (child_file.exists() and child_file.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(child_file.read_text())
+    assert pid_alive(leader) and pid_alive(child)
+    service.stop()
+    deadline = time.monotonic() + 10
+    while pid_alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(leader) and not pid_alive(child)
+    assert not service.pid_path.exists()
