@@ -21,7 +21,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import latency, limits, naive, peer, pipeline, profile, report
+from bench import latency, limits, log_dir, naive, peer, pipeline, profile, report, start_logging
 from bench.data import generate
 from bench.monitor import Monitor, watch_services
 from bench.scratch import Landed, Scratch
@@ -73,8 +73,7 @@ def run(args: argparse.Namespace) -> tuple[dict, BaseException | None]:
     settings = load_settings()
     scratch = Scratch(settings)
     started_at = dt.datetime.now(dt.timezone.utc)
-    log_dir = settings.state_dir / "logs" / "bench"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    logs = log_dir(settings)
     result: dict = {
         "run": {"id": scratch.run_id, "started_at": started_at.isoformat(timespec="seconds"),
                 "command": " ".join(["python -m bench", *sys.argv[1:]]), "smoke": args.smoke,
@@ -94,15 +93,15 @@ def run(args: argparse.Namespace) -> tuple[dict, BaseException | None]:
         steps = {
             "limit-pg": lambda: limits.limit_pg(settings, scratch, dataset, landed),
             "limit-es": lambda: limits.limit_es(scratch, dataset, sweep_sample=max(2000, len(dataset) // 10)),
-            "pipeline": lambda: pipeline.measure(settings, scratch, dataset, landed, log_dir, monitor, progress),
-            "profile": lambda: profile.measure(settings, scratch, dataset, log_dir, monitor),
-            "naive": lambda: naive.measure(settings, scratch, dataset, args.naive_sample, log_dir, monitor),
+            "pipeline": lambda: pipeline.measure(settings, scratch, dataset, landed, logs, monitor, progress),
+            "profile": lambda: profile.measure(settings, scratch, dataset, logs, monitor),
+            "naive": lambda: naive.measure(settings, scratch, dataset, args.naive_sample, logs, monitor),
             "peer": lambda: peer.measure(settings, scratch, dataset, landed, monitor=monitor),
             "latency": lambda: latency.measure(
-                settings, scratch, dataset, pipeline.launcher(settings, scratch, log_dir, monitor),
+                settings, scratch, dataset, pipeline.launcher(settings, scratch, logs, monitor),
                 args.latency_rate, args.latency_seconds, args.trigger_interval, args.latency_settle),
             "backlog": lambda: pipeline.backlog(settings, scratch, args.backlog_events, args.seed,
-                                                args.max_offsets_per_trigger, log_dir, monitor, progress),
+                                                args.max_offsets_per_trigger, logs, monitor, progress),
         }
         try:
             for name in MEASUREMENTS:
@@ -126,7 +125,7 @@ def run(args: argparse.Namespace) -> tuple[dict, BaseException | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    start_logging()
     for chatty in ("kafka", "elastic_transport", "py4j", "include.schema"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     args = parse_args(argv)

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import re
 import shlex
 import sys
 import tempfile
 from pathlib import Path
 
+from bench import log_dir, start_logging
 from bench.data import generate
 from bench.job import Driver
 from bench.monitor import Monitor
@@ -66,14 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--seed", type=int, default=20251203)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    start_logging()
     settings = load_settings()
     daemons = [SparkMaster(settings), *(SparkWorker(settings, n) for n in range(2))]
     down = [d.name for d in daemons if not d.health().healthy]
     if down:
         print(f"the local Spark cluster is not healthy ({', '.join(down)}): python -m stack up --spark-cluster")
         return 2
-    log_dir = settings.state_dir / "logs" / "bench"
+    logs = log_dir(settings)
     dataset = generate(args.events, args.seed)
     results: dict[str, dict] = {}
     complete = True
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                         command = job_args(settings, scratch, label, topic, schema, AVAILABLE_NOW, BATCH)
                         # Small messages: let a batch hold BATCH of them (the default budget allows 2,048).
                         command += ["--max-bytes-per-trigger", str(BATCH * 256 * 1024)]
-                        driver = Driver(label, JOB_MODULE, command, log_dir / f"{scratch.name(label)}.log", monitor,
+                        driver = Driver(label, JOB_MODULE, command, logs / f"{scratch.name(label)}.log", monitor,
                                         env=env)
                         try:
                             wall = driver.wait(3600)

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import uuid
 from pathlib import Path
 
-from bench import pipeline
+from bench import log_dir, pipeline, start_logging
 from bench.monitor import Monitor
 from bench.scratch import Scratch, produce
 from include.connections import warehouse_session
@@ -47,17 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--message-bytes", type=int, default=200_000)
     parser.add_argument("--timeout-s", type=float, default=7200)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    start_logging()
     settings = load_settings()
-    log_dir = settings.state_dir / "logs" / "bench"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    logs = log_dir(settings)
     monitor = Monitor().start()
     try:
         with Scratch(settings) as scratch:
             topic = scratch.topic("heap")
             # Small publish chunks: the producer side must not hold gigabytes either.
             produce(settings, topic, large_leads(args.events, args.message_bytes), chunk=200)
-            schema, run, heap = pipeline.run_available_now(settings, scratch, "heap", topic, log_dir, monitor,
+            schema, run, heap = pipeline.run_available_now(settings, scratch, "heap", topic, logs, monitor,
                                                            None, args.timeout_s)
             with warehouse_session(settings) as connection:
                 rows = connection.execute(f"SELECT count(*) FROM {quote_ident(schema)}.leads").fetchone()[0]

@@ -13,10 +13,9 @@ newest version of every id.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from bench import pipeline
+from bench import log_dir, pipeline, start_logging
 from bench.data import generate
 from bench.monitor import Monitor
 from bench.scratch import Landed, Scratch
@@ -28,17 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--seed", type=int, default=20251129)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    start_logging()
     settings = load_settings()
-    log_dir = settings.state_dir / "logs" / "bench"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    logs = log_dir(settings)
     monitor = Monitor().start()
     try:
         with Scratch(settings) as scratch:
             dataset = generate(args.events, args.seed)
             landed = Landed(settings, dataset.newest)
             try:
-                result = pipeline.measure(settings, scratch, dataset, landed, log_dir, monitor, _no_progress)
+                result = pipeline.measure(settings, scratch, dataset, landed, logs, monitor, _no_progress)
             finally:
                 landed.close()
     finally:
