@@ -1,20 +1,24 @@
 """
 ### supabase_to_kafka
 
-Publishes every change of the Supabase tables to the Kafka topic `eventos`, one mapped task per entity of the
-registry (`include/entities.py`, today `lead` and `chat_session`).
+Publishes every change of the Supabase tables of the registry (`include/entities.py`, today `leads` and
+`chat_sessions`) to the Kafka topic `eventos`.
 
-Each task reads keyset pages on `(updated_at, id)` after the entity's cursor (table `extract_cursors` in the
+With `PIPELINE_EXTRACT_SOURCE=cdc` (the default) the DAG has one task, `extract_changes`: it reads the source's
+write-ahead log through the logical replication slot `PIPELINE_EXTRACT_CDC_SLOT` (a first run copies the existing
+rows first), publishes every insert, update and delete up to the WAL end at the run's start, each with its source
+position, and confirms the slot's position only after the broker acknowledged everything before it
+(`include/extract/cdc.py`). It needs nothing on the tables: `chat_sessions` has no `updated_at`, and its rows are
+ordered by source position.
+
+With the pollers (`postgres`, `rest`: for a project reachable only through its REST API) the DAG maps one task per
+entity. Each reads keyset pages on `(updated_at, id)` after the entity's cursor (table `extract_cursors` in the
 warehouse), publishes them with an idempotent `acks=all` producer, and moves the cursor only after the broker
 acknowledged the whole page. Every run re-reads a lookback window before the cursor, so rows committed late
 with an older `updated_at` are not lost; downstream upserts are idempotent. Deleted rows (captured by trigger
 in `deleted_records`) are published as tombstones under a cursor of their own. Rows that cannot be published
-go to `dead_letters` (stage `extract`) without stopping the page.
-
-With `PIPELINE_EXTRACT_SOURCE=cdc` the DAG has one task instead, `extract_changes`: it reads the source's
-write-ahead log through the logical replication slot `PIPELINE_EXTRACT_CDC_SLOT` (a first run copies the existing
-rows first), publishes every insert, update and delete up to the WAL end at the run's start, and confirms the
-slot's position only after the broker acknowledged everything before it (`include/extract/cdc.py`).
+go to `dead_letters` (stage `extract`) without stopping the page. An entity without a version column
+(`chat_session`) fails its task at once, saying it needs cdc.
 
 **Params**
 - `from_timestamp`: backfill / replay every row with `updated_at` at or after this ISO time (with offset).
@@ -75,7 +79,7 @@ def supabase_to_kafka():
 
         return extract_changes_task(params or {})
 
-    if source_from_environ() == "cdc":
+    if source_from_environ() == "cdc":  # every table through one slot
         extract_changes()
     else:
         extract.expand(entity_name=[entity.name for entity in EXTRACTED])

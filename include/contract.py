@@ -3,7 +3,8 @@
 A message's key is the entity id (UTF-8), so every version of a record lands in one partition, in order.
 Its value is a JSON object: the entity's registry fields, plus `tipo_evento` and `processado_em`.
 Timestamps are ISO-8601 with a UTC offset; arrays are JSON arrays; `localizacao` is a JSON object.
-A tombstone carries only the key, `deleted: true`, and the deletion time in the entity's version column.
+A tombstone carries only the key, `deleted: true`, and the deletion's order: its time in the entity's version
+column, or its `source_position` for an entity ordered by position (include/entities.py).
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 TIPO_EVENTO = "tipo_evento"
 PROCESSADO_EM = "processado_em"
 DELETED = "deleted"
-# Messages of the cdc extraction carry where the change sits in the source's commit order (include/extract/cdc.py,
-# `source_position`): a string that sorts as the positions do.
-SOURCE_POSITION = "source_position"
+# Messages of the cdc extraction carry SOURCE_POSITION, where the change sits in the source's commit order
+# (include/extract/cdc.py source_position): a string that sorts as the positions do.
 ENVELOPE_FIELDS = (TIPO_EVENTO, PROCESSADO_EM, DELETED)
 # How far a version (the entity's version column) may be ahead of the consumer's clock. A version in the future
 # would make every real update of its record stale until then; producers' and consumers' clocks differ by seconds.
@@ -82,11 +82,12 @@ def record_message(entity: Entity, row: Mapping[str, Any], processado_em: dt.dat
     return message
 
 
-def tombstone_message(entity: Entity, record_id: Any, deleted_at: dt.datetime,
+def tombstone_message(entity: Entity, record_id: Any, deleted_at: dt.datetime | str,
                       processado_em: dt.datetime | None = None) -> dict:
+    """`deleted_at`: the deletion's order, a time for a version-ordered entity, a source position otherwise."""
     return {
         entity.key: record_id,
-        entity.version_column: deleted_at,
+        entity.order_column: deleted_at,
         DELETED: True,
         TIPO_EVENTO: entity.tipo_evento,
         PROCESSADO_EM: processado_em or now_utc(),

@@ -66,6 +66,9 @@ TYPES: dict[str, FieldType] = {
     "boolean": FieldType("boolean", {"type": "boolean"}),
     # Years 1 to 9999 in UTC (Python's range), inside Postgres's and Elasticsearch's.
     "timestamptz": FieldType("timestamptz", {"type": "date"}),
+    # A change's place in the source's commit order (include/extract/cdc.py source_position): 16 hex digits of
+    # the commit LSN, `/`, 8 of the change's index in its transaction. As text it sorts in commit order.
+    "source_position": FieldType("text", {"type": "keyword"}),
 }
 
 
@@ -91,36 +94,63 @@ class Field:
         return self.rules.es_mapping
 
 
+# The message member and warehouse column that orders an entity without a version column.
+SOURCE_POSITION = "source_position"
+PROCESSADO_EM_COLUMN = Field("processado_em", "timestamptz")
+
+
 @dataclass(frozen=True)
 class Entity:
-    """One kind of record on topic `eventos`, told apart by `tipo_evento`."""
+    """One kind of record on topic `eventos`, told apart by `tipo_evento`.
+
+    Newest wins in both sinks, by the entity's order: its version column (a timestamptz the source keeps), or, for
+    a table without one (version_column=None), the source position the cdc extraction gives every change, kept in
+    the warehouse's `source_position` column. A version column is what the poller and the REST source can give,
+    so where a table has one it decides, whichever source extracted it: switching sources cannot regress a row."""
 
     name: str
     tipo_evento: str
     table: str
     index: str
     fields: tuple[Field, ...]
-    version_column: str
+    version_column: str | None
     key: str = "id"
     # The Supabase table it is extracted from; None for events that arrive on Kafka directly.
     source_table: str | None = None
-    # Columns the sink adds; not part of the message contract.
-    sink_columns: tuple[Field, ...] = field(default=(Field("processado_em", "timestamptz"),))
+    # Columns the sink adds; not part of the message contract. A position-ordered entity also gets SOURCE_POSITION.
+    sink_columns: tuple[Field, ...] = field(default=(PROCESSADO_EM_COLUMN,))
 
     def __post_init__(self):
         """The contract the rest of the code relies on, checked when the registry is imported: the message key, the
-        staging table's `id uuid` and `version timestamptz` columns, the sinks' newest-wins and the extraction's
-        keyset cursor all assume a uuid key named `id` and a timestamptz version."""
+        staging table's `id uuid`, `version timestamptz` and `position text` columns, the sinks' newest-wins and the
+        poller's keyset cursor all assume a uuid key named `id` and a timestamptz version or a source position."""
         names = [f.name for f in self.fields]
         if len(names) != len(set(names)):
             raise ValueError(f"entity {self.name}: duplicate field names")
-        for column in (self.key, self.version_column):
-            if column not in names:
-                raise ValueError(f"entity {self.name}: {column!r} is not one of its fields")
+        if self.key not in names:
+            raise ValueError(f"entity {self.name}: {self.key!r} is not one of its fields")
         if self.key != "id" or self.key_field.type != "uuid":
             raise ValueError(f"entity {self.name}: the key must be a uuid field named 'id'")
-        if self.version_field.type != "timestamptz":
+        if self.version_column is None:
+            # Only the cdc extraction gives a position: an entity published straight to Kafka needs a version.
+            if self.source_table is None:
+                raise ValueError(f"entity {self.name}: not extracted from a source table, so it needs a version column")
+            if SOURCE_POSITION in names:
+                raise ValueError(f"entity {self.name}: {SOURCE_POSITION!r} is the sink's column, not a field")
+            object.__setattr__(self, "sink_columns", self.sink_columns + (Field(SOURCE_POSITION, "source_position"),))
+        elif self.version_column not in names:
+            raise ValueError(f"entity {self.name}: {self.version_column!r} is not one of its fields")
+        elif self.version_field.type != "timestamptz":
             raise ValueError(f"entity {self.name}: version column {self.version_column!r} must be a timestamptz")
+
+    @property
+    def ordered_by_position(self) -> bool:
+        return self.version_column is None
+
+    @property
+    def order_column(self) -> str:
+        """The warehouse column the sinks' newest-wins compares."""
+        return self.version_column or SOURCE_POSITION
 
     @property
     def field_names(self) -> tuple[str, ...]:
@@ -140,8 +170,8 @@ class Entity:
         return next(f for f in self.fields if f.name == self.key)
 
     @property
-    def version_field(self) -> Field:
-        return next(f for f in self.fields if f.name == self.version_column)
+    def version_field(self) -> Field | None:
+        return next((f for f in self.fields if f.name == self.version_column), None)
 
     @property
     def required_fields(self) -> tuple[str, ...]:
@@ -180,13 +210,15 @@ LEAD = Entity(
     ),
 )
 
+# The user's own schema has no updated_at: sessions are ordered by source position, so only the cdc extraction
+# reads them (the poller needs a version column, include/extract/sources.py).
 CHAT_SESSION = Entity(
     name="chat_session",
     tipo_evento="chat_session",
     table="chat_sessions",
     index="chat_sessions",
     source_table="chat_sessions",
-    version_column="updated_at",
+    version_column=None,
     fields=(
         Field("id", "uuid", required=True),
         Field("lead_id", "uuid"),
@@ -202,9 +234,6 @@ CHAT_SESSION = Entity(
         Field("started_at", "timestamptz"),
         Field("ended_at", "timestamptz"),
         Field("is_active", "boolean"),
-        # Not in the user's original schema: the stand-in maintains it by trigger so sessions can be
-        # extracted incrementally and ordered newest-wins like leads.
-        Field("updated_at", "timestamptz", required=True),
     ),
 )
 
@@ -221,7 +250,7 @@ EVENTO = Entity(
         Field("usuario", "keyword"),
         Field("occurred_at", "timestamptz", required=True),
     ),
-    sink_columns=(Field("processado_em", "timestamptz"), Field("payload", "jsonb")),
+    sink_columns=(PROCESSADO_EM_COLUMN, Field("payload", "jsonb")),
 )
 
 ENTITIES: tuple[Entity, ...] = (LEAD, CHAT_SESSION, EVENTO)

@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     supabase_key: str = ""
 
     # --- extraction (include/extract/config.py)
-    extract_source: Literal["postgres", "rest", "cdc"] = "postgres"
+    extract_source: Literal["postgres", "rest", "cdc"] = "cdc"
     # Unset: the source's default page size.
     extract_page_size: Positive | None = None
     extract_lookback_seconds: NonNegative = 300

@@ -18,7 +18,8 @@ second one would carry every document back through the JVM).
 Output columns (DOCUMENT_SCHEMA):
     kind        the entity's name, or DEAD_LETTER for a reject
     id          the entity key (null for a reject)
-    version     the version column's instant (null for a reject)
+    version     the version column's instant (null for a reject, and for an entity ordered by source position)
+    position    the source position of an entity ordered by it (null otherwise)
     deleted     a tombstone
     doc         valid: the row as a JSON object, one member per column of the entity's table (nulls kept);
                 rejected: the dead-letter row (entity, reason, raw_payload, topic, kafka_partition, kafka_offset)
@@ -42,10 +43,12 @@ log = logging.getLogger(__name__)
 
 KAFKA_META = ("topic", "partition", "offset", "timestamp")
 KAFKA_COLUMNS = ("value", *KAFKA_META)
-KIND, DOCUMENT_ID, DOCUMENT_VERSION, DELETED, DOCUMENT, REASON = "kind", "id", "version", "deleted", "doc", "reason"
+KIND, DOCUMENT_ID, DOCUMENT_VERSION, DOCUMENT_POSITION = "kind", "id", "version", "position"
+DELETED, DOCUMENT, REASON = "deleted", "doc", "reason"
 DEAD_LETTER = "dead_letter"
-DOCUMENT_SCHEMA = (f"{KIND} string, {DOCUMENT_ID} string, {DOCUMENT_VERSION} timestamp, {DELETED} boolean, "
-                   f"{DOCUMENT} string, {REASON} string, topic string, partition int, offset long, timestamp timestamp")
+DOCUMENT_SCHEMA = (f"{KIND} string, {DOCUMENT_ID} string, {DOCUMENT_VERSION} timestamp, "
+                   f"{DOCUMENT_POSITION} string, {DELETED} boolean, {DOCUMENT} string, {REASON} string, "
+                   f"topic string, partition int, offset long, timestamp timestamp")
 
 
 def raw_payload(value: bytes | None) -> str | None:
@@ -55,11 +58,12 @@ def raw_payload(value: bytes | None) -> str | None:
 
 
 def _document(value: bytes | None, max_payload_bytes: int, newest_version) -> tuple:
-    """(kind, id, version, deleted, rendered document or None for a reject, reason, entity) of one value."""
+    """(kind, id, version, position, deleted, rendered document or None for a reject, reason, entity) of one value."""
     verdict = validate(value, max_payload_bytes, newest_version=newest_version)
     if verdict.reason is not None:
-        return DEAD_LETTER, None, None, False, None, verdict.reason, verdict.entity
-    return verdict.entity.name, verdict.key, verdict.version, verdict.deleted, render(verdict.row), None, verdict.entity
+        return DEAD_LETTER, None, None, None, False, None, verdict.reason, verdict.entity
+    return (verdict.entity.name, verdict.key, verdict.version, verdict.position, verdict.deleted,
+            render(verdict.row), None, verdict.entity)
 
 
 def document_batch(batch, max_payload_bytes: int, max_version_skew_seconds: float = DEFAULT_MAX_VERSION_SKEW_SECONDS):
@@ -67,15 +71,16 @@ def document_batch(batch, max_payload_bytes: int, max_version_skew_seconds: floa
     import pyarrow as pa
 
     newest_version = latest_version(max_version_skew_seconds)  # one clock reading per batch
-    kinds, ids, versions, deleted, documents, reasons = [], [], [], [], [], []
+    kinds, ids, versions, positions, deleted, documents, reasons = [], [], [], [], [], [], []
     errors: Counter = Counter()
     first_error = None
     for number, value in enumerate(batch.column("value").to_pylist()):
         try:
-            kind, record_id, version, is_deleted, document, reason, entity = _document(
+            kind, record_id, version, position, is_deleted, document, reason, entity = _document(
                 value, max_payload_bytes, newest_version)
         except Exception as error:  # a bug met by this message: it, and only it, becomes a dead letter
-            kind, record_id, version, is_deleted, document, entity = DEAD_LETTER, None, None, False, None, None
+            kind, record_id, version, position, is_deleted, document, entity = (DEAD_LETTER, None, None, None, False,
+                                                                                None, None)
             reason = f"{VALIDATOR_ERROR}: {type(error).__name__}"
             errors[type(error).__name__] += 1
             first_error = first_error or error
@@ -91,6 +96,7 @@ def document_batch(batch, max_payload_bytes: int, max_version_skew_seconds: floa
         kinds.append(kind)
         ids.append(record_id)
         versions.append(version)
+        positions.append(position)
         deleted.append(is_deleted)
         documents.append(document)
         reasons.append(reason)
@@ -100,9 +106,9 @@ def document_batch(batch, max_payload_bytes: int, max_version_skew_seconds: floa
     timestamp_type = batch.schema.field("timestamp").type  # the session time zone's, as Spark sent it
     return pa.RecordBatch.from_arrays(
         [pa.array(kinds, pa.string()), pa.array(ids, pa.string()), pa.array(versions, timestamp_type),
-         pa.array(deleted, pa.bool_()), pa.array(documents, pa.string()), pa.array(reasons, pa.string()),
-         *[batch.column(name) for name in KAFKA_META]],
-        names=[KIND, DOCUMENT_ID, DOCUMENT_VERSION, DELETED, DOCUMENT, REASON, *KAFKA_META],
+         pa.array(positions, pa.string()), pa.array(deleted, pa.bool_()), pa.array(documents, pa.string()),
+         pa.array(reasons, pa.string()), *[batch.column(name) for name in KAFKA_META]],
+        names=[KIND, DOCUMENT_ID, DOCUMENT_VERSION, DOCUMENT_POSITION, DELETED, DOCUMENT, REASON, *KAFKA_META],
     )
 
 

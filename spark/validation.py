@@ -20,15 +20,16 @@ the first failing check, as its reason:
     unparseable_timestamp: <f>    a timestamp string that is not ISO-8601 with an offset
     version_out_of_range: <f>     a version before 1970 (Elasticsearch's external versions must be >= 0) or later
                                   than the validating clock plus the allowed skew (it would make every real update
-                                  of the record stale)
+                                  of the record stale); a source position whose LSN is 2^47 or more (its
+                                  Elasticsearch version, LSN << 16 plus the index, would not fit 63 bits)
     unstorable_text: <field>      a NUL character or a lone surrogate, which PostgreSQL text and jsonb cannot hold
 
 spark/transforms.py adds one more: `validator_error: <ExceptionType>`, a message on which this module raised (a bug
 here, counted on its own by the status report), so no message can fail a batch.
 
 Fields are checked in the registry's order, then the sink's columns; within a field: presence, blankness (for
-required strings), kind, size, then content. Tombstones (`deleted: true`) need only the key and the version column;
-their other fields are ignored. Members the registry does not name are ignored (events keep them in `payload`).
+required strings), kind, size, then content. Tombstones (`deleted: true`) need only the key and the version column
+(or the source position, for an entity ordered by it); their other fields are ignored. Members the registry does not name are ignored (events keep them in `payload`).
 Numbers are parsed as exact decimals, so a jsonb member or an event's payload keeps every digit it was sent with.
 Nothing here recurses on the message: the depth is bounded before parsing, and JSON values are walked iteratively.
 """
@@ -45,7 +46,7 @@ from typing import Any
 import msgspec
 
 from include.contract import DEFAULT_MAX_VERSION_SKEW_SECONDS, DELETED, PROCESSADO_EM, TIPO_EVENTO, VALIDATOR_ERROR
-from include.entities import BY_TIPO_EVENTO, TYPES, Entity, Field, FieldType
+from include.entities import BY_TIPO_EVENTO, SOURCE_POSITION, TYPES, Entity, Field, FieldType
 
 PAYLOAD = "payload"  # sink column of entities that keep the whole message (eventos_raw)
 
@@ -74,6 +75,10 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 # The contract's form. A time without an offset is refused rather than guessed in some zone.
 _ISO_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}(:?\d{2})?)", re.ASCII)
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# include/extract/cdc.py source_position: upper case, so that text order is commit order.
+_SOURCE_POSITION = re.compile(r"[0-9A-F]{16}/[0-9A-F]{8}", re.ASCII)
+# The sinks' Elasticsearch version of a position shifts its LSN left by 16 bits (include/sql/sink_order.sql).
+MAX_POSITION_LSN = 2 ** 47
 # A JSON string (to its closing quote, or to the end when there is none: linear on any input), or a bracket.
 # UTF-8 never puts these ASCII bytes inside a multi-byte character, so the bytes can be scanned undecoded.
 _STRING_OR_BRACKET = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]', re.DOTALL)
@@ -271,8 +276,14 @@ class Validated:
     row: dict | None = None
 
     @property
-    def version(self) -> dt.datetime:
-        return self.row[self.entity.version_column]
+    def version(self) -> dt.datetime | None:
+        """The version column's value; None for an entity ordered by source position."""
+        return self.row.get(self.entity.version_column) if self.entity.version_column else None
+
+    @property
+    def position(self) -> str | None:
+        """The source position of an entity ordered by it; None for one ordered by its version column."""
+        return self.row[SOURCE_POSITION] if self.entity.ordered_by_position else None
 
     @property
     def key(self) -> str:
@@ -288,6 +299,18 @@ def _field_plan(entity: Entity) -> tuple[tuple[Field, bool, bool, bool, bool], .
 
 # Worked out once, by tipo_evento (a lookup per message; hashing an Entity would hash every field).
 _PLANS = {tipo: (entity, _field_plan(entity)) for tipo, entity in BY_TIPO_EVENTO.items()}
+
+
+def check_source_position(members: dict) -> tuple[str | None, str | None]:
+    """(the message's source position, reason it is rejected or None): required, in cdc's form, its LSN in range."""
+    value = members.get(SOURCE_POSITION)
+    if value is None:
+        return None, f"{MISSING_REQUIRED}: {SOURCE_POSITION}"
+    if not isinstance(value, str) or not _SOURCE_POSITION.fullmatch(value):
+        return None, f"{WRONG_TYPE}: {SOURCE_POSITION}"
+    if int(value[:16], 16) >= MAX_POSITION_LSN:
+        return None, f"{VERSION_OUT_OF_RANGE}: {SOURCE_POSITION}"
+    return value, None
 
 
 def _reject(reason: str, entity: Entity | None = None) -> Validated:
@@ -348,6 +371,8 @@ def validate(value: bytes | None, max_payload_bytes: int, *, newest_version: dt.
     for column in entity.sink_columns:
         if column.name == PROCESSADO_EM:
             checked, reason = check_field(_PROCESSADO_EM_FIELD, message, required=False)
+        elif column.name == SOURCE_POSITION:
+            checked, reason = check_source_position(message)
         elif column.name == PAYLOAD:
             checked, reason = check_field(column, {PAYLOAD: message}, required=False, escapes=escapes,
                                           long_numbers=long_numbers)

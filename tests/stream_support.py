@@ -10,13 +10,20 @@ from pathlib import Path
 from typing import Iterable
 
 from include.contract import encode, message_key, record_message
-from include.entities import BY_TIPO_EVENTO, CHAT_SESSION, EVENTO, LEAD
+from include.entities import BY_TIPO_EVENTO, CHAT_SESSION, EVENTO, LEAD, SOURCE_POSITION
+from include.extract.cdc import source_position
 from include.orchestration.driver_lock import process_stat
 
 KAFKA_SCHEMA = "key binary, value binary, topic string, partition int, offset long, timestamp timestamp"
 UTC = dt.timezone.utc
 BRT = dt.timezone(dt.timedelta(hours=-3))
 T0 = dt.datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=BRT)
+# A source position as the cdc extraction writes it (commit LSN, index in the transaction).
+P0 = source_position(0x16B37480, 0)
+
+
+def position(commit_lsn: int, index: int = 0) -> str:
+    return source_position(commit_lsn, index)
 
 
 def lead_message(processado_em: dt.datetime = T0, **fields) -> dict:
@@ -43,15 +50,16 @@ def lead_message(processado_em: dt.datetime = T0, **fields) -> dict:
     return record_message(LEAD, row, processado_em=processado_em)
 
 
-def chat_message(processado_em: dt.datetime = T0, **fields) -> dict:
+def chat_message(processado_em: dt.datetime = T0, source_position: str = P0, **fields) -> dict:
+    """A chat session's message; sessions are ordered by source position (include/entities.py)."""
     row = {
         "id": str(uuid.uuid4()), "lead_id": str(uuid.uuid4()), "session_token": "tok-ç", "user_agent": "Mozilla/5.0",
         "ip_address": "10.0.0.1", "total_messages": 12, "duration_seconds": 300,
         "pages_visited": ["/", "/preços"], "perguntas_feitas": [], "intencao_detectada": "compra à vista",
-        "nivel_interesse": "alto", "started_at": T0, "ended_at": None, "is_active": True, "updated_at": T0,
+        "nivel_interesse": "alto", "started_at": T0, "ended_at": None, "is_active": True,
     }
     row.update(fields)
-    return record_message(CHAT_SESSION, row, processado_em=processado_em)
+    return {**record_message(CHAT_SESSION, row, processado_em=processado_em), SOURCE_POSITION: source_position}
 
 
 def evento_message(processado_em: dt.datetime = T0, **fields) -> dict:

@@ -9,13 +9,15 @@ import json
 import uuid
 from typing import Any
 
-from include.entities import ENTITIES, Entity, Field
+from include.entities import ENTITIES, SOURCE_POSITION, Entity, Field
 from tests.stream_support import chat_message, evento_message, lead_message
 
 BUILDERS = {"lead": lead_message, "chat_session": chat_message, "evento": evento_message}
 UTC = dt.timezone.utc
 # The validating clock the cases are written against: versions up to it pass, later ones do not.
 NEWEST = dt.datetime(2030, 1, 1, tzinfo=UTC)
+# The last source position whose LSN the sinks' Elasticsearch version holds (spark/validation.py MAX_POSITION_LSN).
+LARGEST_POSITION = "00007FFFFFFFFFFF/FFFFFFFF"
 WIDE_CHARACTERS = ("x", "é", "€", "😀")  # 1 to 4 bytes of UTF-8
 
 
@@ -66,6 +68,9 @@ def boundary_values(field: Field) -> list:
                 decimal.Decimal("1E-400"), decimal.Decimal("1E+400"), decimal.Decimal("-0"), 0, "1"]
     if field.type == "boolean":
         return [True, False, 0, "true"]
+    if field.type == "source_position":
+        return ["0000000016B37480/00000003", LARGEST_POSITION, "0000800000000000/00000000",
+                "0000000016b37480/00000003", "16B37480/3", "0000000016B37480", "", 42, None]
     if field.type == "timestamptz":
         return ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z", "1970-01-01T00:00:00Z",
                 "1969-12-31T23:59:59.999999Z", "0001-01-01T00:00:00+01:00", "2024-05-01 12:00:00-03",
@@ -113,10 +118,10 @@ def boundary_messages() -> list[bytes]:
     per entity with every field at once at its largest accepted value."""
     messages = []
     for entity in ENTITIES:
-        fields = entity.fields + tuple(c for c in entity.sink_columns if c.name == "processado_em")
+        fields = entity.fields + tuple(c for c in entity.sink_columns if c.name in ("processado_em", SOURCE_POSITION))
         for field in fields:
             messages.extend(message_with(entity, {field.name: value}) for value in boundary_values(field))
         largest = {field.name: largest_accepted(field) for field in entity.fields if field.type in ("keyword", "text[]")}
-        largest[entity.version_column] = NEWEST.isoformat()
+        largest[entity.order_column] = NEWEST.isoformat() if entity.version_column else LARGEST_POSITION
         messages.append(message_with(entity, largest, ascii_only=False))
     return messages

@@ -13,11 +13,11 @@ from include.connections import (SUPABASE_DB_CONN_ID, WAREHOUSE_CONN_ID, kafka_b
                                   postgres_conninfo, supabase_api)
 from include.entities import BY_NAME
 from include.extract.config import ExtractConfig, parse_from_timestamp
-from include.extract.extractor import extract_entity
+from include.extract.extractor import extract_entity, require_version_column
 from include.extract.publisher import KafkaPublisher
 from include.extract.sources import PostgresSource, Source, SupabaseRestSource
 from include.extract.state import ExtractState
-from include.settings import load_settings
+from include.settings import SettingsError, load_settings
 
 
 def _source(stack: ExitStack, config: ExtractConfig) -> Source:
@@ -59,7 +59,15 @@ def check_slots_task() -> list[dict]:
 
 
 def extract_entity_task(entity_name: str, params: Mapping[str, Any]) -> dict:
-    """Run one entity's extraction; `params` are the DAG's (from_timestamp, lookback_seconds)."""
+    """Run one entity's extraction; `params` are the DAG's (from_timestamp, lookback_seconds). A configuration the
+    poller cannot serve (an entity without a version column) fails the task without retries: no retry can fix it."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    entity = BY_NAME[entity_name]
+    try:
+        require_version_column(entity)
+    except SettingsError as error:
+        raise AirflowFailException(str(error)) from error
     config = ExtractConfig.load()
     lookback = params.get("lookback_seconds")
     options = config.run_options(
@@ -71,5 +79,5 @@ def extract_entity_task(entity_name: str, params: Mapping[str, Any]) -> dict:
         source = _source(stack, config)
         warehouse = stack.enter_context(closing(postgres_connection(WAREHOUSE_CONN_ID)))
         publisher = stack.enter_context(KafkaPublisher(bootstrap, load_settings().kafka_topic))
-        result = extract_entity(BY_NAME[entity_name], source, ExtractState(warehouse), publisher, options)
+        result = extract_entity(entity, source, ExtractState(warehouse), publisher, options)
     return result.as_dict()

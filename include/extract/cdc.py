@@ -36,8 +36,8 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 
-from include.contract import MAX_PAYLOAD_BYTES, SOURCE_POSITION, now_utc, record_message, tombstone_message
-from include.entities import EXTRACTED, Entity
+from include.contract import MAX_PAYLOAD_BYTES, now_utc, record_message, tombstone_message
+from include.entities import EXTRACTED, SOURCE_POSITION, Entity
 from include.extract.extractor import encode_page, split_oversized
 from include.extract.pgoutput import (UNCHANGED, Begin, Change, Commit, LogicalMessage, PgOutputDecoder,
                                       Relation, RowLoader, format_lsn, parse_lsn)
@@ -412,7 +412,8 @@ class CdcExtraction:
         relation = change.relation
         if change.kind == "delete":
             old = loader.row(relation, change.old)
-            tombstone = tombstone_message(entity, old[entity.key], commit_time)
+            tombstone = tombstone_message(entity, old[entity.key],
+                                          position if entity.ordered_by_position else commit_time)
             tombstone[SOURCE_POSITION] = position
             return self._encode(entity, [tombstone], lambda _entity, message, _processado_em: message)
         row = loader.row(relation, change.new, change.old)

@@ -178,7 +178,6 @@ class _Generator:
             "started_at": started,
             "ended_at": None if active else ended,
             "is_active": active,
-            "updated_at": min(self.now, ended),
         }
 
 

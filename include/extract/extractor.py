@@ -59,6 +59,7 @@ from include.contract import (MAX_PAYLOAD_BYTES, UnserialisableValue, encode, me
 from include.entities import Entity
 from include.extract.sources import AFTER_ALL_KEYS, POSTGREST_MAX_ROWS, EncodedPage, Position, Source, SourceClock
 from include.extract.state import DeadLetter, ExtractState
+from include.settings import SettingsError
 
 if TYPE_CHECKING:
     # Only for annotations: DAG files import this module at parse time and must not load the Kafka client.
@@ -215,11 +216,12 @@ def read_bounds(clock: SourceClock, options: RunOptions) -> tuple[dt.datetime, P
 
 
 def _small_payload(entity: Entity, key, version, **details) -> str:
-    """A dead letter's payload naming the row without holding it: its key, its version and `details`. The same
-    row gives the same payload on every run, so the dead letter is recorded once (per version)."""
+    """A dead letter's payload naming the row without holding it: its key, its version (or source position) and
+    `details`. The same row gives the same payload on every run, so the dead letter is recorded once (per
+    version)."""
     if isinstance(version, dt.datetime):
         version = version.isoformat()
-    return json.dumps({entity.key: None if key is None else str(key), entity.version_column: version, **details},
+    return json.dumps({entity.key: None if key is None else str(key), entity.order_column: version, **details},
                       ensure_ascii=False)
 
 
@@ -240,7 +242,7 @@ def split_oversized(entity: Entity, messages: list[tuple[bytes, bytes]], limit: 
         if len(value) <= limit:
             kept.append((key, value))
             continue
-        version = json.loads(value).get(entity.version_column)
+        version = json.loads(value).get(entity.order_column)
         rejects.append(DeadLetter(entity.name, f"{PAYLOAD_TOO_LARGE}: {len(value)} bytes, the limit is {limit}",
                                   _small_payload(entity, key.decode(), version, bytes=len(value))))
     return kept, rejects
@@ -381,11 +383,19 @@ def _drain(entity: Entity, stream: _Stream, state: ExtractState, publisher: Kafk
     return result
 
 
+def require_version_column(entity: Entity) -> None:
+    """The poller finds changes by the version column: an entity without one (ordered by source position) is cdc's."""
+    if entity.ordered_by_position:
+        raise SettingsError(f"entity {entity.name!r}: its table {entity.source_table!r} has no version column, so the "
+                            "poller cannot find its changes; extract it with PIPELINE_EXTRACT_SOURCE=cdc")
+
+
 def extract_entity(entity: Entity, source: Source, state: ExtractState, publisher: KafkaPublisher,
                    options: RunOptions = RunOptions()) -> EntityResult:
     """Publish the entity's changed rows, then tombstones for its deletions, each under its own cursor."""
     if entity.source_table is None:
         raise ValueError(f"entity {entity.name!r} has no source table to extract from")
+    require_version_column(entity)
     if source.max_page_size is not None and options.page_size > source.max_page_size:
         raise ValueError(f"page size {options.page_size} exceeds the source's cap of {source.max_page_size} rows")
     # One clock for both streams: the later deletions stream only reads less than it could.

@@ -124,7 +124,8 @@ def sync_leads_to_kafka(limit: int | None = None, hours_ago: float | None = None
 
 def get_supabase_stats(*, settings: Settings | None = None, config: ExtractConfig | None = None,
                        endpoints: Endpoints = Endpoints(), window: dt.timedelta = dt.timedelta(hours=24)) -> dict:
-    """Row counts per extracted entity in the source: `total_leads`, `leads_updated_last_24h`, and so on."""
+    """Row counts per extracted entity in the source: `total_leads`, `leads_updated_last_24h`, and so on (the
+    latter only for a table with a version column)."""
     settings = settings or load_settings()
     config = config or ExtractConfig.load()
     since = now_utc() - window
@@ -134,7 +135,8 @@ def get_supabase_stats(*, settings: Settings | None = None, config: ExtractConfi
         source = _open_source(stack, settings, config, endpoints)
         for entity in EXTRACTED:
             stats[f"total_{entity.table}"] = source.count(entity)
-            stats[f"{entity.table}_updated_last_{hours}h"] = source.count(entity, since=since)
+            if entity.version_column:
+                stats[f"{entity.table}_updated_last_{hours}h"] = source.count(entity, since=since)
     return stats
 
 

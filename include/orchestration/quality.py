@@ -71,10 +71,11 @@ class DriftCount:
     extra: int
     older: int
     newer: int
+    different: int = 0  # content differs, order unknown (an entity ordered by source position, against the source)
 
     @property
     def total(self) -> int:
-        return self.missing + self.extra + self.older + self.newer
+        return self.missing + self.extra + self.older + self.newer + self.different
 
 
 @dataclass(frozen=True)
@@ -161,8 +162,8 @@ def _entity_problems(row: EntityCounts, t: QualityThresholds) -> list[str]:
 def _drift_problems(drift: DriftCount, t: QualityThresholds) -> list[str]:
     if drift.total <= t.max_drift:
         return []
-    kinds = ", ".join(f"{getattr(drift, kind)} {kind}" for kind in ("missing", "extra", "older", "newer")
-                      if getattr(drift, kind))
+    kinds = ", ".join(f"{getattr(drift, kind)} {kind}"
+                      for kind in ("missing", "extra", "older", "newer", "different") if getattr(drift, kind))
     return [f"{drift.entity}: {_STORE_NAMES[drift.store]} differs from {_STORE_NAMES[drift.reference]} on "
             f"{drift.total} ids ({kinds}; more than {t.max_drift})"]
 

@@ -28,7 +28,8 @@ VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # SQL rendering and the job's SQL templates). The Airflow glue (orchestration, extraction, MCP server, demo data)
 # stays out, so editing a task body makes no new job version. A unit test imports the job from a release.
 SHIPPED = ("spark/**/*.py", "include/__init__.py", "include/connections.py", "include/contract.py",
-           "include/entities.py", "include/schema.py", "include/settings.py", "include/sql/stream_*.sql")
+           "include/entities.py", "include/schema.py", "include/settings.py", "include/sql/stream_*.sql",
+           "include/sql/sink_order.sql")
 ENTRY_POINT = Path("spark") / "streaming_job.py"
 # Fixed zip timestamps: the same sources always give the same bytes, so a digest identifies them.
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)

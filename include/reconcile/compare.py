@@ -1,8 +1,11 @@
 """Pure comparison of two stores' (id, version) sets: no I/O here.
 
 Ids compare in one canonical form, lower-case text (`canonical_id`): Postgres writes uuids that way, while an
-Elasticsearch `_id` is any string a writer chose. Versions compare as integers: the version column's epoch
-microseconds, which is also the external `_version` the Elasticsearch sink writes.
+Elasticsearch `_id` is any string a writer chose. Versions compare as integers: the sinks' external version (the
+version column's epoch microseconds, or the source position's number: include/sql/sink_order.sql), which is also the
+`_version` the Elasticsearch sink writes. A source table without a version column (an entity ordered by source
+position) has no version to compare: the source and Postgres compare a hash of the row's content instead, which
+tells equal from different but not older from newer (`DIFFERENT`).
 
 A full comparison of two stores of a million rows would move a million pairs from each. Instead each store sums a
 64-bit hash of every `id:version` pair per bucket (the first `digits` hex characters of the canonical id) with the
@@ -18,8 +21,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-MISSING, EXTRA, OLDER, NEWER = "missing", "extra", "older", "newer"
-KINDS = (MISSING, EXTRA, OLDER, NEWER)
+MISSING, EXTRA, OLDER, NEWER, DIFFERENT = "missing", "extra", "older", "newer", "different"
+KINDS = (MISSING, EXTRA, OLDER, NEWER, DIFFERENT)
 # Rows a bucket holds on average: few enough that listing the buckets of 1,000 drifted ids reads ~30,000 rows.
 ROWS_PER_BUCKET = 32
 MAX_DIGITS = 8  # the first group of a uuid: bucket bounds never cross a dash
@@ -84,10 +87,12 @@ def bucket_range(prefix: str) -> tuple[str, str]:
     return prefix.ljust(8, "0") + "-0000-0000-0000-000000000000", prefix.ljust(8, "f") + "-ffff-ffff-ffff-ffffffffffff"
 
 
-def compare(reference: Iterable[tuple[str, int]], checked: Iterable[tuple[str, int]]) -> list[Difference]:
+def compare(reference: Iterable[tuple[str, int]], checked: Iterable[tuple[str, int]],
+            ordered: bool = True) -> list[Difference]:
     """Every id on which `checked` differs from `reference`, sorted by id: missing (in the reference only), extra
     (in the checked store only, or a second spelling there of an id it already holds), older or newer (the checked
-    store's version against the reference's)."""
+    store's version against the reference's), or, when the versions are content hashes (`ordered` False),
+    different."""
     expected = {canonical_id(record_id): version for record_id, version in reference}
     # The canonical spelling first, so that of two spellings of one id the one a sink writes is the one kept.
     found = sorted(((canonical_id(raw), raw != canonical_id(raw), raw, version) for raw, version in checked))
@@ -97,7 +102,9 @@ def compare(reference: Iterable[tuple[str, int]], checked: Iterable[tuple[str, i
             differences.append(Difference(record_id, EXTRA, None, version, raw))
             continue
         seen.add(record_id)
-        if version < expected[record_id]:
+        if not ordered and version != expected[record_id]:
+            differences.append(Difference(record_id, DIFFERENT, expected[record_id], version, raw))
+        elif version < expected[record_id]:
             differences.append(Difference(record_id, OLDER, expected[record_id], version, raw))
         elif version > expected[record_id]:
             differences.append(Difference(record_id, NEWER, expected[record_id], version, raw))

@@ -8,7 +8,10 @@ repair would do.
 - Postgres from the source: the source's current row of each id Postgres lacks or holds older is re-published to
   Kafka through the extraction's publisher, so the streaming job applies it as any change, to both sinks. An id
   Postgres holds and the source does not is published as a tombstone, dated at the later of the source's recorded
-  deletion and the warehouse's version, so the sinks' newest-wins delete takes it.
+  deletion and the warehouse's version, so the sinks' newest-wins delete takes it. For an entity ordered by source
+  position (compared by content: `different`), rows and tombstones carry the source's WAL position read before the
+  rows: later than every change those rows hold. (A transaction that committed just before that reading but was not
+  yet visible to the read would lose to the re-published row; the next reconciliation finds and repairs it.)
 - What neither path can fix is reported with the reason: a store newer than its reference cannot be moved back by
   newest-wins writes (Elasticsearch newer than Postgres is re-published from the source where there is one).
 """
@@ -22,8 +25,8 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from include.contract import encode, message_key, now_utc, record_message, tombstone_message
-from include.entities import Entity
-from include.reconcile.compare import EXTRA, MISSING, OLDER, Difference
+from include.entities import SOURCE_POSITION, Entity
+from include.reconcile.compare import DIFFERENT, EXTRA, MISSING, OLDER, Difference
 from include.reconcile.stores import fetch
 from include.schema import render_sql_macro
 
@@ -54,7 +57,7 @@ def plan_repair(entity: Entity, drift: dict[str, Sequence[Difference]]) -> Repai
     has_source = entity.source_table is not None
     index, delete, republish, unrepairable = [], [], set(), []
     for d in drift.get(POSTGRES, ()):
-        if d.kind in (MISSING, OLDER, EXTRA):
+        if d.kind in (MISSING, OLDER, EXTRA, DIFFERENT):
             republish.add(d.id)
         else:
             unrepairable.append((POSTGRES, d.id, f"Postgres holds version {d.found}, newer than the source's "
@@ -101,28 +104,39 @@ def repair_elasticsearch(plan: RepairPlan, entity: Entity, *, warehouse, es, ind
 
 def _source_messages(entity: Entity, ids: Sequence[str], *, source, warehouse, source_schema: str | None,
                      warehouse_schema: str | None, processado_em: dt.datetime) -> tuple[list, Counter]:
+    from include.extract.cdc import source_position
     from include.extract.extractor import encode_page
+    from include.extract.pgoutput import parse_lsn
 
+    to_message, position = record_message, None
+    if entity.ordered_by_position:
+        (lsn,), = fetch(source, render_sql_macro("reconcile.sql", "source_position"))
+        position = source_position(parse_lsn(lsn), 0)
+
+        def to_message(entity: Entity, row: dict, processado_em: dt.datetime) -> dict:
+            return {**record_message(entity, row, processado_em), SOURCE_POSITION: position}
     rows = [dict(zip(entity.field_names, row)) for row in fetch(
         source, render_sql_macro("reconcile.sql", "source_rows", entity=entity, schema=source_schema),
         {"ids": list(ids)})]
-    messages, rejects = encode_page(entity, rows, record_message, processado_em)
+    messages, rejects = encode_page(entity, rows, to_message, processado_em)
     gone = sorted(set(ids) - {str(row[entity.key]).lower() for row in rows})
     outcome = Counter(records=len(messages), refused=len(rejects))
     for reject in rejects:
         log.warning("cannot re-publish %s: %s", entity.name, reject.reason)
     if gone:
-        deleted_at = dict(fetch(source, render_sql_macro("reconcile.sql", "source_deletions", schema=source_schema),
-                                {"entity": entity.name, "ids": gone}))
         held = dict(fetch(warehouse, render_sql_macro("reconcile.sql", "versions", entity=entity,
                                                         schema=warehouse_schema), {"ids": gone}))
+        # Deletion times are recorded by the stand-in's trigger (stack/), which a position-ordered table never needs.
+        deleted_at = {} if position else dict(fetch(
+            source, render_sql_macro("reconcile.sql", "source_deletions", schema=source_schema),
+            {"entity": entity.name, "ids": gone}))
         for record_id in gone:
             # The later of the two, so the sinks' "delete unless the row is newer" removes the warehouse's row.
             versions = [v for v in (deleted_at.get(record_id), held.get(record_id)) if v is not None]
             if not versions:
                 outcome["nothing_to_delete"] += 1
                 continue
-            message = tombstone_message(entity, record_id, max(versions), processado_em)
+            message = tombstone_message(entity, record_id, position or max(versions), processado_em)
             messages.append((message_key(entity, message), encode(message)))
             outcome["tombstones"] += 1
     return messages, outcome

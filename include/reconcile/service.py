@@ -49,13 +49,13 @@ class StoreDrift:
                 "sample": [[d.id, d.kind, d.expected, d.found] for d in self.differences[:sample]]}
 
 
-def compare_stores(entity: Entity, reference, checked) -> StoreDrift:
+def compare_stores(entity: Entity, reference, checked, ordered: bool = True) -> StoreDrift:
     started = time.monotonic()
     reference_rows, store_rows = reference.count(), checked.count()
     digits = bucket_digits(max(reference_rows, store_rows))
     expected, found = reference.digests(digits), checked.digests(digits)
     buckets = differing_buckets(expected, found)
-    differences = compare(reference.pairs(buckets), checked.pairs(buckets)) if buckets else []
+    differences = compare(reference.pairs(buckets), checked.pairs(buckets), ordered) if buckets else []
     drift = StoreDrift(entity.name, checked.name, reference.name, reference_rows, store_rows,
                        len(expected.keys() | found.keys()), len(buckets), tuple(differences),
                        time.monotonic() - started)
@@ -72,8 +72,12 @@ def reconcile_entity(entity: Entity, *, warehouse, es, source=None, warehouse_sc
     postgres = SqlStore(POSTGRES, warehouse, entity, entity.table, warehouse_schema)
     drifts = []
     if source is not None and entity.source_table:
-        drifts.append(compare_stores(entity, SqlStore("source", source, entity, entity.source_table, source_schema),
-                                     postgres))
+        # The source holds no position: an entity ordered by it is compared with the source by content.
+        by_content = entity.ordered_by_position
+        checked = SqlStore(POSTGRES, warehouse, entity, entity.table, warehouse_schema, True) if by_content else postgres
+        drifts.append(compare_stores(
+            entity, SqlStore("source", source, entity, entity.source_table, source_schema, by_content), checked,
+            ordered=not by_content))
     drifts.append(compare_stores(entity, postgres, ElasticStore(es, entity.index_name(index_prefix), entity.key)))
     return tuple(drifts)
 

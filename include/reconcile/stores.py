@@ -36,9 +36,12 @@ def fetch(connection, statement: str, parameters: dict | None = None) -> list[tu
 
 
 class SqlStore:
-    """One registry table in a Postgres database; `schema` None uses the connection's search_path."""
+    """One registry table in a Postgres database; `schema` None uses the connection's search_path. `by_content`:
+    versions are hashes of the rows' content (reconcile.sql row_version), for an entity ordered by source position
+    when the source is compared."""
 
-    def __init__(self, name: str, connection, entity: Entity, table: str, schema: str | None = None):
+    def __init__(self, name: str, connection, entity: Entity, table: str, schema: str | None = None,
+                 by_content: bool = False):
         if entity.key_field.pg_type != "uuid":
             raise ValueError(f"entity {entity.name}: the reconciler buckets uuid keys, not {entity.key_field.pg_type}")
         self.name = name
@@ -46,10 +49,12 @@ class SqlStore:
         self.entity = entity
         self.table = table
         self.schema = schema
+        self.by_content = by_content
         self._digests: dict[int, dict[str, Digest]] = {}
 
     def _sql(self, macro: str) -> str:
-        return render_sql_macro(RECONCILE_SQL, macro, entity=self.entity, schema=self.schema, table=self.table)
+        return render_sql_macro(RECONCILE_SQL, macro, entity=self.entity, schema=self.schema, table=self.table,
+                                content=self.by_content)
 
     def count(self) -> int:
         (rows,), = fetch(self.connection, render_sql_macro(RECONCILE_SQL, "count", schema=self.schema,

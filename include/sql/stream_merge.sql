@@ -2,7 +2,9 @@
 -- from the entity registry; every value is a bound parameter: %(token)s (the batch's stage token), %(entity)s
 -- (an entity's name), %(batch_id)s, %(kind)s, and %(lo)s..%(hi)s, the range of winners a statement covers (the
 -- whole batch, or a part of it while spark/sinks/postgres.py isolates a row Postgres refuses).
--- jsonb_populate_record turns each staged document into a row of the target table's own type.
+-- jsonb_populate_record turns each staged document into a row of the target table's own type. An entity's order is
+-- its version column or its source position (sink_order.sql): each statement compares the one its entity has.
+{% import "sink_order.sql" as order %}
 
 {% macro staged_offsets(stage) -%}
 -- What staging holds of this batch per kind, counted in distinct Kafka records: a task retried after its COPY
@@ -15,19 +17,20 @@ GROUP BY s.kind
 {%- endmacro %}
 
 {% macro winners(stage, winners) -%}
--- The newest staged row per entity and id: highest version; on a tie a tombstone, then the later Kafka record.
+-- The newest staged row per entity and id: highest version (or position, for an entity ordered by it; the other is
+-- null); on a tie a tombstone, then the later Kafka record.
 -- Also absorbs a row staged twice by a retried task. `n` numbers the winners for ranges; `refused` is set when a
 -- sink refused the row: every statement below then leaves it out and it becomes a dead letter with its Kafka
 -- position.
 CREATE TEMP TABLE {{ winners | ident }} ON COMMIT DROP AS
 SELECT row_number() OVER (ORDER BY d.kind, d.id) AS n, d.*, NULL::text AS refused
 FROM (
-    SELECT DISTINCT ON (s.kind, s.id) s.kind, s.id, s.version, s.deleted, s.doc, s.kafka_topic, s.kafka_partition,
-           s.kafka_offset
+    SELECT DISTINCT ON (s.kind, s.id) s.kind, s.id, s.version, s.position, s.deleted, s.doc, s.kafka_topic,
+           s.kafka_partition, s.kafka_offset
     FROM {{ stage | ident }} s
     WHERE s.stage_token = %(token)s AND s.id IS NOT NULL
-    ORDER BY s.kind, s.id, s.version DESC, s.deleted DESC, s.kafka_timestamp DESC, s.kafka_partition DESC,
-             s.kafka_offset DESC
+    ORDER BY s.kind, s.id, s.version DESC NULLS LAST, s.position DESC NULLS LAST, s.deleted DESC,
+             s.kafka_timestamp DESC, s.kafka_partition DESC, s.kafka_offset DESC
 ) d
 {%- endmacro %}
 
@@ -42,24 +45,26 @@ WHERE w.kind = r.kind AND w.id = r.id
 {%- endmacro %}
 
 {% macro record_deletions(entity, winners) -%}
--- Remember every tombstone, keeping the latest deletion time, so an older update replayed later stays dead.
-INSERT INTO deleted_records (entity, id, deleted_at)
-SELECT w.kind, w.id::uuid, w.version
+-- Remember every tombstone, keeping the latest deletion, so an older update replayed later stays dead.
+INSERT INTO deleted_records (entity, id, {{ order.deletion(entity) }})
+SELECT w.kind, w.id::uuid, w.{{ order.staged(entity) }}
 FROM {{ winners | ident }} w
 WHERE w.kind = %(entity)s AND w.deleted AND w.refused IS NULL AND w.n BETWEEN %(lo)s AND %(hi)s
-ON CONFLICT (entity, id) DO UPDATE SET deleted_at = EXCLUDED.deleted_at
-WHERE deleted_records.deleted_at < EXCLUDED.deleted_at
+ON CONFLICT (entity, id) DO UPDATE SET {{ order.deletion(entity) }} = EXCLUDED.{{ order.deletion(entity) }}
+WHERE deleted_records.{{ order.deletion(entity) }} < EXCLUDED.{{ order.deletion(entity) }}
 {%- endmacro %}
 
 {% macro index_actions(winners) -%}
 -- What Elasticsearch gets, once Postgres has taken the batch: every tombstone, and every update that no deletion
 -- at least as new suppresses (Elasticsearch forgets a deleted document's version after index.gc_deletes, Postgres
--- does not); never a row Postgres refused. Versions are the version column's epoch microseconds.
-SELECT w.kind, w.id, (extract(epoch FROM w.version) * 1000000)::bigint, w.deleted, w.doc
+-- does not); never a row Postgres refused. Versions are external versions (sink_order.sql). A row has a version or
+-- a position, so one of the two comparisons is null and the other decides.
+SELECT w.kind, w.id, {{ order.external_version("w.version", "w.position") }}, w.deleted, w.doc
 FROM {{ winners | ident }} w
 WHERE w.refused IS NULL AND (w.deleted OR NOT EXISTS (
     SELECT 1 FROM deleted_records d
-    WHERE d.entity = w.kind AND d.id = w.id::uuid AND d.deleted_at >= w.version))
+    WHERE d.entity = w.kind AND d.id = w.id::uuid
+      AND (d.deleted_at >= w.version OR d.deleted_position >= w.position)))
 {%- endmacro %}
 
 {% macro delete_tombstoned(entity, winners) -%}
@@ -68,7 +73,7 @@ DELETE FROM {{ entity.table | ident }} t
 USING {{ winners | ident }} w
 WHERE w.kind = %(entity)s AND w.deleted AND w.refused IS NULL AND w.n BETWEEN %(lo)s AND %(hi)s
   AND t.{{ entity.key | ident }} = w.id::{{ entity.key_field.pg_type }}
-  AND t.{{ entity.version_column | ident }} <= w.version
+  AND t.{{ entity.order_column | ident }} <= w.{{ order.staged(entity) }}
 {%- endmacro %}
 
 {% macro upsert(entity, winners) -%}
@@ -82,12 +87,12 @@ FROM {{ winners | ident }} w CROSS JOIN LATERAL jsonb_populate_record(NULL::{{ e
 WHERE w.kind = %(entity)s AND NOT w.deleted AND w.refused IS NULL AND w.n BETWEEN %(lo)s AND %(hi)s
   AND NOT EXISTS (
       SELECT 1 FROM deleted_records d
-      WHERE d.entity = %(entity)s AND d.id = w.id::uuid AND d.deleted_at >= w.version)
+      WHERE d.entity = %(entity)s AND d.id = w.id::uuid AND d.{{ order.deletion(entity) }} >= w.{{ order.staged(entity) }})
 ON CONFLICT ({{ entity.key | ident }}) DO UPDATE SET
 {%- for column in entity.columns if column.name != entity.key %}
     {{ column.name | ident }} = EXCLUDED.{{ column.name | ident }}{% if not loop.last %},{% endif %}
 {%- endfor %}
-WHERE t.{{ entity.version_column | ident }} <= EXCLUDED.{{ entity.version_column | ident }}
+WHERE t.{{ entity.order_column | ident }} <= EXCLUDED.{{ entity.order_column | ident }}
 {%- endmacro %}
 
 {% macro insert_dead_letters(stage) -%}

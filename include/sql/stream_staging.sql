@@ -10,7 +10,7 @@ DO $$
 BEGIN
     IF to_regclass('{{ stage | ident }}') IS NOT NULL AND NOT EXISTS (
         SELECT 1 FROM pg_attribute
-        WHERE attrelid = to_regclass('{{ stage | ident }}') AND attname = 'task_partition' AND NOT attisdropped
+        WHERE attrelid = to_regclass('{{ stage | ident }}') AND attname = 'position' AND NOT attisdropped
     ) THEN
         DROP TABLE {{ stage | ident }};
     END IF;
@@ -21,6 +21,7 @@ CREATE UNLOGGED TABLE IF NOT EXISTS {{ stage | ident }} (
     kind            text        NOT NULL,   -- an entity name, or 'dead_letter'
     id              text,                   -- the entity key (null for a dead letter)
     version         timestamptz,            -- the entity's version column (null for a dead letter)
+    position        text,                   -- the source position of an entity ordered by it (include/entities.py)
     deleted         boolean     NOT NULL,   -- a tombstone
     kafka_timestamp timestamptz NOT NULL,
     kafka_topic     text        NOT NULL,

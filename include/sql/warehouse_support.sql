@@ -18,13 +18,16 @@ CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_source_offset
     ON dead_letters (topic, kafka_partition, kafka_offset) WHERE kafka_offset IS NOT NULL;
 CREATE INDEX IF NOT EXISTS dead_letters_created_at ON dead_letters (created_at);
 
--- Deletions seen downstream, so an older update replayed later cannot bring a record back.
+-- Deletions seen downstream, so an older update replayed later cannot bring a record back. A deletion's order is
+-- its version (deleted_at) or, for an entity ordered by source position, its position (include/entities.py).
 CREATE TABLE IF NOT EXISTS deleted_records (
     entity      text        NOT NULL,
     id          uuid        NOT NULL,
-    deleted_at  timestamptz NOT NULL,
+    deleted_at  timestamptz,
     PRIMARY KEY (entity, id)
 );
+ALTER TABLE deleted_records ADD COLUMN IF NOT EXISTS deleted_position text;
+ALTER TABLE deleted_records ALTER COLUMN deleted_at DROP NOT NULL;
 
 -- One row per streaming micro-batch, written by the job's StreamingQueryListener for the watchdog.
 CREATE TABLE IF NOT EXISTS stream_heartbeats (

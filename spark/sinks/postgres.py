@@ -4,8 +4,9 @@ Per batch: every task renders its Kafka rows as documents (spark/transforms.py: 
 JSON object, with its Kafka position) and COPYs them into the UNLOGGED staging table under the batch's stage
 token, in its own transaction (stream_staging.sql). Then ONE transaction runs stream_merge.sql: pick the newest
 staged row per id (the winners, with their Kafka position), then, after a savepoint, per entity record tombstones
-in deleted_records, delete tombstoned rows that are not newer and upsert guarded by the version column; then insert
-the dead letters once per Kafka offset, move the offset ledger and clear the staged rows. No statement is per row.
+in deleted_records, delete tombstoned rows that are not newer and upsert guarded by the entity's order (its version
+column, or its source position: include/entities.py); then insert the dead letters once per Kafka offset, move the
+offset ledger and clear the staged rows. No statement is per row.
 
 Staging is UNLOGGED, so Postgres's crash recovery empties it: a crash between the stage and the merge would leave
 the merge nothing, and committing that would mark the batch done with none of its records. The merge therefore
@@ -50,7 +51,8 @@ from include.connections import check_schema_name, warehouse_session
 from include.entities import ENTITIES, Entity
 from include.schema import STREAM_STAGE_TABLE, quote_ident, render_sql_macro
 from include.settings import Settings
-from spark.transforms import DEAD_LETTER, DELETED, DOCUMENT, DOCUMENT_ID, DOCUMENT_VERSION, KAFKA_COLUMNS, KIND
+from spark.transforms import (DEAD_LETTER, DELETED, DOCUMENT, DOCUMENT_ID, DOCUMENT_POSITION, DOCUMENT_VERSION,
+                              KAFKA_COLUMNS, KIND)
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +62,12 @@ BATCH_OFFSETS_TABLE = "stream_batch_offsets"  # temporary, dropped at commit
 # Staged rows older than this belong to an attempt that died before its merge; any merge sweeps them.
 STALE_STAGE_AFTER = "1 hour"
 # Document columns -> staging columns, in COPY order (after stage_token).
-STAGED_COLUMNS = {KIND: "kind", DOCUMENT_ID: "id", DOCUMENT_VERSION: "version", DELETED: "deleted",
-                  "timestamp": "kafka_timestamp", "topic": "kafka_topic", "partition": "kafka_partition",
-                  "offset": "kafka_offset", DOCUMENT: "doc"}
+STAGED_COLUMNS = {KIND: "kind", DOCUMENT_ID: "id", DOCUMENT_VERSION: "version", DOCUMENT_POSITION: "position",
+                  DELETED: "deleted", "timestamp": "kafka_timestamp", "topic": "kafka_topic",
+                  "partition": "kafka_partition", "offset": "kafka_offset", DOCUMENT: "doc"}
 STAGED_COUNTS_SCHEMA = "kind string, rows long"
 
-# (kind, id, version in epoch microseconds, deleted, doc): a row Elasticsearch must get.
+# (kind, id, external version (include/sql/sink_order.sql), deleted, doc): a row Elasticsearch must get.
 IndexAction = tuple[str, str, int, bool, str]
 # (kind, id, reason): a document another sink refused for its data.
 Refusal = tuple[str, str, str]

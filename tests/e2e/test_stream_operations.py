@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 
 from include.connections import warehouse_session
-from include.entities import LEAD
+from include.entities import CHAT_SESSION, LEAD
 from include.orchestration import driver_lock
 from include.orchestration.config import StreamOpsConfig
 from include.orchestration.control import wait_until_healthy
@@ -243,15 +243,17 @@ def add_leads(stack: Stack, count: int) -> list[dict]:
 
 
 def _seed(stack: Stack) -> None:
-    """Leads and chat sessions in the Supabase stand-in schema and on the topic, plus events (no source)."""
+    """Leads and chat sessions in the Supabase stand-in schema and on the topic, plus events (no source). Sessions
+    have no version to compare, so the gate compares their content: the source holds exactly the messages' rows."""
     import psycopg
 
+    chats = [chat_message(total_messages=n) for n in range(4)]
+    columns = CHAT_SESSION.field_names
     with psycopg.connect(stack.settings.pg_dsn(stack.settings.pg_source_db), autocommit=True) as connection:
-        chat_ids = [r[0] for r in connection.execute(
-            f"INSERT INTO {quote_ident(stack.schema)}.chat_sessions (total_messages, updated_at) SELECT n, %s "
-            "FROM generate_series(1, 4) n RETURNING id::text", (T0,))]
-    produce(stack.settings, stack.topic, [chat_message(id=chat_id) for chat_id in chat_ids]
-            + [evento_message() for _ in range(5)])
+        connection.cursor().executemany(
+            f"INSERT INTO {quote_ident(stack.schema)}.chat_sessions ({', '.join(map(quote_ident, columns))}) "
+            f"VALUES ({', '.join(['%s'] * len(columns))})", [[chat[name] for name in columns] for chat in chats])
+    produce(stack.settings, stack.topic, chats + [evento_message() for _ in range(5)])
     add_leads(stack, 6)
 
 

@@ -30,8 +30,8 @@ from include.entities import CHAT_SESSION, ENTITIES, EVENTO, LEAD, Entity
 from include.schema import quote_ident
 from include.settings import REPO_ROOT
 from spark.streaming_job import parse_args, run
-from tests.stream_support import (T0, as_bytes, chat_message, evento_message, lead_message, poison_catalog, produce,
-                                  with_members)
+from tests.stream_support import (T0, as_bytes, chat_message, evento_message, lead_message, poison_catalog, position,
+                                  produce, with_members)
 
 MAX_BYTES = 64 * 1024
 MINUTE = dt.timedelta(minutes=1)
@@ -133,7 +133,8 @@ def mixed_messages(count: int, updates_every: int = 5) -> tuple[list[dict], dict
         else:
             record_id = str(uuid.uuid4())
         ids[entity.name].add(record_id)
-        messages.append(BUILDERS[entity](id=record_id, **{entity.version_column: version}))
+        order = version if entity.version_column else position(number + 1)  # later messages are newer
+        messages.append(BUILDERS[entity](id=record_id, **{entity.order_column: order}))
     return messages, ids
 
 
@@ -198,28 +199,33 @@ def test_replaying_the_same_10000_messages_changes_nothing(settings, es, db, tar
 
 
 def test_out_of_order_versions_end_newest_everywhere(settings, es, db, target, run_job):
+    """Leads by their version column, sessions by their source position (include/entities.py)."""
     entities = (LEAD, CHAT_SESSION)
     label = {LEAD: "nome", CHAT_SESSION: "intencao_detectada"}
+    # Version n of a record: its order, and that order as Elasticsearch's external version.
+    order = {LEAD: lambda n: T0 + n * MINUTE, CHAT_SESSION: lambda n: position(0x1000 + n, 70_000 * (n % 2))}
+    external = {LEAD: lambda n: micros(order[LEAD](n)), CHAT_SESSION: lambda n: ((0x1000 + n) << 16) + 65_535 * (n % 2)}
     messages = []
     for number in range(5_000):
         entity = entities[number % 2]
         record_id = str(uuid.uuid4())
-        messages += [BUILDERS[entity](id=record_id, updated_at=T0 + version * MINUTE, **{label[entity]: f"v{version}"})
+        messages += [BUILDERS[entity](id=record_id, **{entity.order_column: order[entity](version),
+                                                       label[entity]: f"v{version}"})
                      for version in range(4)]
     random.Random(4).shuffle(messages)
     produce(settings, target.topic, messages)
     run_job(max_offsets=3_000)  # versions of one id spread over several batches
 
-    newest = T0 + 3 * MINUTE
     for entity in entities:
         column = quote_ident(label[entity])
         stale = db.execute(f"SELECT count(*) FROM {quote_ident(entity.table)} "
-                           f"WHERE {column} <> 'v3' OR updated_at <> %s", [newest]).fetchone()[0]
+                           f"WHERE {column} <> 'v3' OR {quote_ident(entity.order_column)} <> %s",
+                           [order[entity](3)]).fetchone()[0]
         assert stale == 0
         assert db.execute(f"SELECT count(*) FROM {quote_ident(entity.table)}").fetchone()[0] == 2_500
         documents = es_documents(es, target, entity)
         assert len(documents) == 2_500
-        assert {(d[label[entity]], d["version"]) for d in documents.values()} == {("v3", micros(newest))}
+        assert {(d[label[entity]], d["version"]) for d in documents.values()} == {("v3", external[entity](3))}
 
 
 def test_poison_messages_go_to_dead_letters_and_valid_ones_land(settings, es, db, target, run_job):
@@ -263,9 +269,9 @@ def test_update_then_tombstone_then_older_update_stays_deleted(settings, es, db,
     lead_id, session_id = lead_message()["id"], chat_message()["id"]
     produce(settings, target.topic, [
         lead_message(id=lead_id, updated_at=T0 + 2 * MINUTE),
-        chat_message(id=session_id, updated_at=T0 + 2 * MINUTE),
+        chat_message(id=session_id, source_position=position(0x2000)),
         tombstone_message(LEAD, lead_id, T0 + 3 * MINUTE),
-        tombstone_message(CHAT_SESSION, session_id, T0 + 3 * MINUTE),
+        tombstone_message(CHAT_SESSION, session_id, position(0x3000)),
     ])
     run_job()
     assert pg_counts(db) == {"lead": 0, "chat_session": 0, "evento": 0}
@@ -276,7 +282,7 @@ def test_update_then_tombstone_then_older_update_stays_deleted(settings, es, db,
     indices = ",".join(e.index_name(target.prefix) for e in ENTITIES)
     es.indices.put_settings(index=indices, settings={"index.gc_deletes": "0s"})
     produce(settings, target.topic, [lead_message(id=lead_id, updated_at=T0 + MINUTE),
-                                     chat_message(id=session_id, updated_at=T0 + MINUTE)])
+                                     chat_message(id=session_id, source_position=position(0x1000))])
     run_job()
     assert pg_counts(db) == {"lead": 0, "chat_session": 0, "evento": 0}
     assert es_counts(es, target) == {"lead": 0, "chat_session": 0, "evento": 0}

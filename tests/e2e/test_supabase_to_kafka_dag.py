@@ -1,4 +1,4 @@
-"""`airflow dags test supabase_to_kafka` on the local stack: both mapped tasks succeed and leads written to the
+"""`airflow dags test supabase_to_kafka` on the local stack, with the poller and with cdc: leads written to the
 Supabase source reach the topic. The DAG runs as deployed, pointed through its settings at databases and a
 topic this test owns."""
 
@@ -16,7 +16,9 @@ from include.schema import quote_ident
 from include.settings import REPO_ROOT
 
 
-def test_dags_test_runs_every_entity_and_publishes_new_leads(settings, isolated_stack, pg_connect):
+def test_dags_test_with_the_poller_publishes_new_leads_and_refuses_sessions(settings, isolated_stack, pg_connect):
+    """The poller maps one task per entity: leads are published; chat_sessions, which has no version column, fails
+    its task at once (no retries) naming the setting that would extract it."""
     source = pg_connect(isolated_stack["PIPELINE_PG_SOURCE_DB"])
     lead_ids = [row[0] for row in source.execute(
         f"INSERT INTO public.{quote_ident(LEAD.source_table)} (nome, email) "
@@ -26,13 +28,13 @@ def test_dags_test_runs_every_entity_and_publishes_new_leads(settings, isolated_
 
     run = subprocess.run([sys.executable, "-m", "stack", "airflow", "--", "dags", "test", "supabase_to_kafka"],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
-                         env={**os.environ, **isolated_stack})
+                         env={**os.environ, **isolated_stack, "PIPELINE_EXTRACT_SOURCE": "postgres"})
 
     output = run.stdout + run.stderr
-    assert run.returncode == 0, output[-4000:]
-    assert "state=success" in output and "DagRun Finished: dag_id=supabase_to_kafka" in output, output[-4000:]
-    for entity in ("lead", "chat_session"):
-        assert f"rendered_map_index='{entity}'" in output, f"no mapped task ran for {entity}"
+    assert "DagRun Finished: dag_id=supabase_to_kafka" in output and "state=failed" in output, output[-4000:]
+    assert "rendered_map_index='lead'" in output, "no mapped task ran for lead"
+    assert ("AirflowFailException: entity 'chat_session': its table 'chat_sessions' has no version column"
+            in output and "PIPELINE_EXTRACT_SOURCE=cdc" in output), output[-4000:]
     consumer = KafkaConsumer(isolated_stack["PIPELINE_KAFKA_TOPIC"], bootstrap_servers=settings.kafka_bootstrap,
                              auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
                              consumer_timeout_ms=20_000)

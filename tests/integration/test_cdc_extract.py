@@ -382,3 +382,95 @@ def test_the_watchdogs_slot_task_fails_naming_a_slot_over_its_limit(settings, cd
 
     with pytest.raises(AirflowFailException, match=f"slot {source_schema} was last confirmed"):
         check_slots_task()
+
+
+def test_sessions_without_updated_at_reach_both_sinks_newest_by_source_position(
+        settings, spark, es, es_prefix, cdc_settings, source_db, source_schema, pg_schema, warehouse_db, endpoints,
+        read_topic, kafka_topic):
+    """The user's chat_sessions shape (no updated_at, no trigger, no deleted_records) through cdc, Kafka and the
+    job's own foreachBatch into Postgres and Elasticsearch: delivered in any order and batching, both sinks end equal
+    to the source, ordered by source position (a session's clocks play no part). The reconciler, which has no
+    version to compare on the source, compares content: zero drift, then a changed warehouse row is found and
+    repaired through a re-published row dated at the source's WAL position."""
+    from include.contract import MAX_PAYLOAD_BYTES
+    from include.entities import CHAT_SESSION
+    from include.reconcile.service import run_entity
+    from include.schema import ensure_index
+    from spark.sinks.batch import MicroBatchSink
+    from spark.sinks.elastic import ElasticsearchSink
+    from spark.sinks.postgres import PostgresSink
+    from spark.transforms import documents_of
+    from tests.stream_support import kafka_frame
+
+    sessions = f"{quote_ident(source_schema)}.chat_sessions"
+    assert source_db.execute("SELECT count(*) FROM information_schema.columns WHERE table_schema = %s AND "
+                             "table_name = 'chat_sessions' AND column_name = 'updated_at'", [source_schema]
+                             ).fetchone() == (0,)
+    assert source_db.execute(f"SELECT count(*) FROM pg_trigger WHERE tgrelid = '{sessions}'::regclass").fetchone() \
+        == (0,)
+    source_db.execute(f"INSERT INTO {sessions} (session_token, total_messages, pages_visited, started_at, is_active) "
+                      "SELECT 'tok' || n, n, ARRAY['/', '/p' || n], now() - n * interval '1 hour', n % 2 = 0 "
+                      "FROM generate_series(1, 30) n")
+    source_db.commit()
+    index = ensure_index(es, CHAT_SESSION, CHAT_SESSION.index_name(es_prefix))
+    cdc(cdc_settings, endpoints)  # the initial snapshot
+    tokens = dict(source_db.execute(f"SELECT session_token, id::text FROM {sessions}").fetchall())
+    # One transaction changes a session twice; another dates a session's clocks far back while it is the newest
+    # change; one deletes; a new session is inserted, then changed.
+    source_db.execute(f"UPDATE {sessions} SET total_messages = 100 WHERE session_token = 'tok1'")
+    source_db.execute(f"UPDATE {sessions} SET total_messages = 101 WHERE session_token = 'tok1'")
+    source_db.commit()
+    source_db.execute(f"UPDATE {sessions} SET started_at = '1971-01-01Z', ended_at = '1971-01-01Z', "
+                      "is_active = false WHERE session_token = 'tok2'")
+    source_db.commit()
+    source_db.execute(f"DELETE FROM {sessions} WHERE session_token = 'tok3'")
+    source_db.execute(f"INSERT INTO {sessions} (session_token, total_messages) VALUES ('tok31', 1)")
+    source_db.commit()
+    source_db.execute(f"UPDATE {sessions} SET total_messages = 2, perguntas_feitas = '{{\"Aceita Pix?\"}}' "
+                      "WHERE session_token = 'tok31'")
+    source_db.commit()
+    cdc(cdc_settings, endpoints)
+
+    published = [r.value for r in read_topic(kafka_topic)]
+    assert all("updated_at" not in value for value in published)
+    random.Random(15).shuffle(published)
+    sink = MicroBatchSink(PostgresSink(settings, pg_schema), ElasticsearchSink(settings.es_url, index_prefix=es_prefix),
+                          documents_of(MAX_PAYLOAD_BYTES))
+    third = len(published) // 3 + 1
+    for batch_id, start in enumerate(range(0, len(published), third)):
+        sink.write(kafka_frame(spark, published[start:start + third], start_offset=start), batch_id)
+    es.indices.refresh(index=index)
+
+    columns = ", ".join(quote_ident(name) for name in CHAT_SESSION.field_names)
+    source_rows = source_db.execute(f"SELECT {columns} FROM {sessions} ORDER BY id").fetchall()
+    source_db.commit()
+    assert warehouse_db.execute(f"SELECT {columns} FROM chat_sessions ORDER BY id").fetchall() == source_rows
+    assert len(source_rows) == 30 and tokens["tok3"] not in {str(row[0]) for row in source_rows}
+    documents = {hit["_id"]: hit["_source"] for hit in es.search(index=index, size=100)["hits"]["hits"]}
+    assert {i: d["total_messages"] for i, d in documents.items()} == {str(r[0]): r[5] for r in source_rows}
+    positions = dict(warehouse_db.execute("SELECT id::text, source_position FROM chat_sessions").fetchall())
+    # Changed after the snapshot, though its clocks went back: its position is later than a snapshot row's.
+    assert positions[tokens["tok2"]] > positions[tokens["tok5"]]
+
+    def reconcile(publisher=None):
+        return run_entity(CHAT_SESSION, warehouse=warehouse_db, es=es, source=source_db, publisher=publisher,
+                          dry_run=publisher is None, warehouse_schema=pg_schema, source_schema=source_schema,
+                          index_prefix=es_prefix, max_payload_bytes=MAX_PAYLOAD_BYTES)
+
+    assert reconcile()["drift"] == 0
+    warehouse_db.execute("UPDATE chat_sessions SET total_messages = 999 WHERE id = %s", [tokens["tok4"]])
+    warehouse_db.commit()
+    dry = reconcile()
+    assert [(store["store"], store["different"], store["drift"]) for store in dry["stores"]] == [
+        ("postgres", 1, 1), ("elasticsearch", 0, 0)]
+    from include.extract.publisher import KafkaPublisher
+
+    before = len(published)
+    with KafkaPublisher(settings.kafka_bootstrap, kafka_topic, client_id="pytest-reconcile") as publisher:
+        assert reconcile(publisher)["republished"] == {"records": 1, "refused": 0}
+    republished = [r.value for r in read_topic(kafka_topic)][before:]
+    sink.write(kafka_frame(spark, republished, start_offset=before), 3)
+    es.indices.refresh(index=index)
+    assert reconcile()["drift"] == 0
+    assert warehouse_db.execute("SELECT total_messages FROM chat_sessions WHERE id = %s", [tokens["tok4"]]
+                                ).fetchone() == (4,)

@@ -31,14 +31,20 @@ def micros(timestamp: dt.datetime) -> int:
     return round(timestamp.timestamp() * 1_000_000)
 
 
+def position_version(position: str) -> int:
+    """include/sql/sink_order.sql position_version, worked out here independently."""
+    lsn, index = (int(part, 16) for part in position.split("/"))
+    return (lsn << 16) + min(index, 65535)
+
+
 def index_actions(values) -> list[tuple]:
     """The rows the Postgres merge would hand on for these messages (each id once): (kind, id, version, deleted,
     doc), the document rendered as the job renders it."""
     rows = []
     for value in values:
         verdict = V.validate(as_bytes(value), 64 * 1024)
-        rows.append((verdict.entity.name, verdict.key, micros(verdict.version), verdict.deleted,
-                     V.render(verdict.row)))
+        version = position_version(verdict.position) if verdict.position else micros(verdict.version)
+        rows.append((verdict.entity.name, verdict.key, version, verdict.deleted, V.render(verdict.row)))
     return rows
 
 
@@ -70,7 +76,10 @@ def test_documents_hold_every_field_with_the_version_of_their_version_column(es,
     for name in ("created_at", "updated_at", "last_interaction_at", "processado_em"):
         assert instant(source[name]) == lead[name], name
 
-    chat_doc = es.get(index=sink.index_name(CHAT_SESSION), id=chat["id"])["_source"]
+    chat_doc = es.get(index=sink.index_name(CHAT_SESSION), id=chat["id"])
+    assert chat_doc["_version"] == position_version(chat["source_position"])
+    chat_doc = chat_doc["_source"]
+    assert chat_doc["source_position"] == chat["source_position"]
     assert (chat_doc["pages_visited"], chat_doc["perguntas_feitas"], chat_doc["ended_at"]) == (["/", "/preços"], [], None)
     evento_doc = es.get(index=sink.index_name(EVENTO), id=evento["id"])["_source"]
     assert evento_doc["valor"] == 12.5 and evento_doc["payload"]["evento"] == "clique"

@@ -8,6 +8,8 @@ import json
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from include.connections import warehouse_session
 from include.contract import tombstone_message
@@ -15,7 +17,7 @@ from include.entities import CHAT_SESSION, LEAD
 from include.schema import STREAM_STAGE_TABLE, quote_ident
 from spark import transforms as T
 from spark.sinks.postgres import PostgresSink, StagingLost, TopicRecreated
-from tests.stream_support import T0, chat_message, evento_message, kafka_frame, lead_message
+from tests.stream_support import T0, chat_message, evento_message, kafka_frame, lead_message, position
 
 MAX_BYTES = 64 * 1024
 HOUR = dt.timedelta(hours=1)
@@ -51,7 +53,7 @@ def write(spark, sink):
         actions = {}
         for kind, record_id, *_ in handed:
             actions.setdefault(kind, []).append(record_id)
-        return SimpleNamespace(**dataclasses.asdict(result), actions=actions)
+        return SimpleNamespace(**dataclasses.asdict(result), actions=actions, handed=handed)
 
     return run
 
@@ -128,11 +130,38 @@ def test_tombstone_deletes_and_older_updates_cannot_resurrect(db, write):
 
 
 def test_tombstone_older_than_the_row_keeps_it(db, write):
+    record_id = lead_message()["id"]
+    write([lead_message(id=record_id, updated_at=T0 + 2 * HOUR)])
+    result = write([tombstone_message(LEAD, record_id, T0 + HOUR)])
+    assert (result.dead_letters, result.deleted["lead"]) == (0, 0)
+    assert db.execute("SELECT count(*) FROM leads").fetchone()[0] == 1
+
+
+def test_sessions_are_ordered_by_source_position_not_by_any_clock(db, write):
+    """chat_sessions has no version column: the newest change is the one latest in the source's commit order, its
+    position (commit LSN, then index in the transaction); timestamps in the row play no part."""
     session_id = chat_message()["id"]
-    write([chat_message(id=session_id, updated_at=T0 + 2 * HOUR)])
-    result = write([tombstone_message(CHAT_SESSION, session_id, T0 + HOUR)])
-    assert result.deleted["chat_session"] == 0
-    assert db.execute("SELECT count(*) FROM chat_sessions").fetchone()[0] == 1
+    late_clock = T0 + 100 * HOUR
+    write([chat_message(id=session_id, source_position=position(0x2000, 1), total_messages=2, started_at=T0)])
+    older = write([chat_message(id=session_id, source_position=position(0x2000, 0), total_messages=1,
+                                started_at=late_clock)])  # earlier in the same transaction, whatever its clock
+    assert older.upserted["chat_session"] == 0
+    older = write([chat_message(id=session_id, source_position=position(0x1FFF, 9), total_messages=0)])
+    assert older.upserted["chat_session"] == 0
+    assert db.execute("SELECT total_messages, source_position FROM chat_sessions").fetchall() == [
+        (2, position(0x2000, 1))]
+
+    stale = write([tombstone_message(CHAT_SESSION, session_id, position(0x1000))])
+    assert (stale.dead_letters, stale.deleted["chat_session"]) == (0, 0)
+    deleted = write([tombstone_message(CHAT_SESSION, session_id, position(0x3000))])
+    assert deleted.deleted["chat_session"] == 1
+    assert db.execute("SELECT entity, id::text, deleted_at, deleted_position FROM deleted_records").fetchall() == [
+        ("chat_session", session_id, None, position(0x3000))]
+    replayed = write([chat_message(id=session_id, source_position=position(0x2000, 1))])
+    assert (replayed.upserted["chat_session"], replayed.actions) == (0, {})  # nor does Elasticsearch get it
+    recreated = write([chat_message(id=session_id, source_position=position(0x3000, 1), total_messages=7)])
+    assert recreated.actions == {"chat_session": [session_id]}
+    assert db.execute("SELECT total_messages FROM chat_sessions").fetchall() == [(7,)]
 
 
 def test_dead_letters_land_once_per_offset(db, write):
@@ -286,6 +315,37 @@ def test_the_newest_version_per_id_wins_within_a_batch(db, write):
     assert dict(db.execute("SELECT id::text, deleted_at FROM deleted_records").fetchall()) == {b: hours[2],
                                                                                              c: hours[1]}
     assert sorted(result.actions["lead"]) == sorted([a, b, c])  # one per id: a's update, b's and c's deletions
+
+
+# A session's changes: (LSN, index in its transaction, a tombstone?); positions are unique, as in the WAL. Indexes
+# reach past 65,535, where the Elasticsearch version stops counting them.
+changes = st.lists(st.tuples(st.integers(1, 40), st.sampled_from([0, 1, 2, 65_535, 65_536, 70_000]), st.booleans()),
+                   min_size=1, max_size=7, unique_by=lambda change: change[:2])
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=changes, data=st.data())
+def test_any_order_and_batching_of_a_sessions_changes_ends_at_its_latest_position(db, write, changes, data):
+    """Whatever order the changes arrive in (replays, a resent batch) and however they are cut into batches, the
+    warehouse ends at the change latest in commit order (absent when that is a deletion), and every row handed to
+    Elasticsearch carries that change's external version: LSN << 16 plus its index, at most 65,535."""
+    session_id = chat_message()["id"]
+    messages = [tombstone_message(CHAT_SESSION, session_id, position(lsn, index)) if deleted else
+                chat_message(id=session_id, source_position=position(lsn, index), total_messages=n)
+                for n, (lsn, index, deleted) in enumerate(changes)]
+    arrival = data.draw(st.permutations(messages))
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(arrival) - 1)), max_size=2)))
+    for start, end in zip([0, *cuts], [*cuts, len(arrival)]):
+        result = write(arrival[start:end])
+        assert result.dead_letters == 0
+        for kind, record_id, version, deleted, document in result.handed:
+            lsn, index = (int(part, 16) for part in json.loads(document)["source_position"].split("/"))
+            assert version == (lsn << 16) + min(index, 65_535)
+
+    latest = max(messages, key=lambda message: message["source_position"])
+    stored = db.execute("SELECT total_messages, source_position FROM chat_sessions WHERE id = %s",
+                        [session_id]).fetchall()
+    assert stored == ([] if latest.get("deleted") else [(latest["total_messages"], latest["source_position"])])
 
 
 def test_equal_versions_keep_the_later_kafka_record(db, write):

@@ -12,7 +12,7 @@ import pytest
 
 from include.contract import MAX_PAYLOAD_BYTES
 from include.entities import ENTITIES, LEAD
-from include.reconcile.compare import EXTRA, KINDS, MISSING, OLDER
+from include.reconcile.compare import DIFFERENT, EXTRA, KINDS, MISSING, OLDER
 from include.reconcile.service import run_entity
 from include.schema import ensure_index, quote_ident
 
@@ -116,8 +116,8 @@ def test_reconciler_finds_and_repairs_every_kind_of_drift(monkeypatch, settings,
 
     dry = run(settings, source_db, warehouse_db, es, source_schema, pg_schema, es_prefix)
 
-    assert by_store(dry) == {"postgres": {MISSING: 0, EXTRA: 1, OLDER: 2, "newer": 0},
-                             "elasticsearch": {MISSING: 3, EXTRA: 1, OLDER: 2, "newer": 0}}
+    assert by_store(dry) == {"postgres": {MISSING: 0, EXTRA: 1, OLDER: 2, "newer": 0, DIFFERENT: 0},
+                             "elasticsearch": {MISSING: 3, EXTRA: 1, OLDER: 2, "newer": 0, DIFFERENT: 0}}
     samples = {store["store"]: {(i, kind) for i, kind, _, _ in store["sample"]} for store in dry["stores"]}
     assert samples["elasticsearch"] == ({(i, MISSING) for i in missing_in_es} | {(i, OLDER) for i in older_in_es}
                                         | {(extra_in_es.lower(), EXTRA)})

@@ -136,9 +136,9 @@ def test_bad_threshold_settings_name_the_setting(name, value):
         QualityThresholds.load({name: value})
 
 
-def drift(entity="lead", store="elasticsearch", missing=0, extra=0, older=0, newer=0) -> DriftCount:
+def drift(entity="lead", store="elasticsearch", missing=0, extra=0, older=0, newer=0, different=0) -> DriftCount:
     reference = "source" if store == "postgres" else "postgres"
-    return DriftCount(entity, store, reference, missing, extra, older, newer)
+    return DriftCount(entity, store, reference, missing, extra, older, newer, different)
 
 
 DRIFT_CASES = {
@@ -153,6 +153,9 @@ DRIFT_CASES = {
     "source newer than postgres": (
         (drift(store="postgres", older=2),), 0,
         ("lead: Postgres differs from the source on 2 ids (2 older; more than 0)",)),
+    "sessions whose content differs from the source's (no version to say which is older)": (
+        (drift(entity="chat_session", store="postgres", different=2, missing=1),), 0,
+        ("chat_session: Postgres differs from the source on 3 ids (1 missing, 2 different; more than 0)",)),
     "at the allowed drift": ((drift(extra=3),), 3, ()),
     "one over the allowed drift": ((drift(extra=4),), 3,
                                    ("lead: Elasticsearch differs from Postgres on 4 ids (4 extra; more than 3)",)),

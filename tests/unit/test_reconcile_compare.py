@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from include.entities import EVENTO, LEAD
-from include.reconcile.compare import (EXTRA, MISSING, NEWER, OLDER, Difference, bucket_digits, bucket_range,
+from include.entities import CHAT_SESSION, EVENTO, LEAD
+from include.reconcile.compare import (DIFFERENT, EXTRA, MISSING, NEWER, OLDER, Difference, bucket_digits, bucket_range,
                                        canonical_id, compare, count_by_kind, differing_buckets, digests, pair_hash)
 from include.reconcile.repair import ELASTICSEARCH, POSTGRES, plan_repair
 
@@ -45,8 +45,16 @@ def test_compare(name):
     assert compare(reference, checked) == [Difference(*row) for row in expected]
 
 
+def test_content_hashes_differ_without_an_order():
+    """Versions that are hashes of the rows' content (a position-ordered entity against its source) tell equal from
+    different only: neither a lower nor a higher hash is older or newer."""
+    differences = compare([(A, 10), (B, 10), (C, 3)], [(A, 9), (B, 11), (C, 3)], ordered=False)
+    assert differences == [Difference(A, DIFFERENT, 10, 9, A), Difference(B, DIFFERENT, 10, 11, B)]
+
+
 def test_counts_name_every_kind():
-    assert count_by_kind(compare([(A, 1), (B, 1)], [(A, 2)])) == {MISSING: 1, EXTRA: 0, OLDER: 0, NEWER: 1}
+    assert count_by_kind(compare([(A, 1), (B, 1)], [(A, 2)])) == {MISSING: 1, EXTRA: 0, OLDER: 0, NEWER: 1,
+                                                                   DIFFERENT: 0}
 
 
 def test_pair_hash_is_what_postgres_computes_for_the_canonical_id():
@@ -100,6 +108,8 @@ PLAN_CASES = {
     "postgres lacks, holds older or holds extra: re-published": (
         LEAD, {POSTGRES: [Difference(A, MISSING, 1, None), Difference(B, OLDER, 2, 1, B),
                           Difference(C, EXTRA, None, 1, C)]}, ((), (), (A, B, C), ())),
+    "postgres's content differs from the source's: re-published": (
+        CHAT_SESSION, {POSTGRES: [Difference(A, DIFFERENT, 1, 2, A)]}, ((), (), (A,), ())),
     "postgres newer than the source: unrepairable": (
         LEAD, {POSTGRES: [Difference(A, NEWER, 1, 2, A)]}, ((), (), (), (POSTGRES,))),
     "one id drifting in both stores is re-published once": (

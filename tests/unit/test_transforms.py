@@ -14,8 +14,8 @@ from include.contract import DEFAULT_MAX_VERSION_SKEW_SECONDS, encode, tombstone
 from include.entities import CHAT_SESSION, EVENTO, LEAD, TYPES
 from spark import transforms as T
 from spark import validation as V
-from tests.stream_support import (KAFKA_SCHEMA, T0, UTC, as_bytes, chat_message, evento_message, kafka_frame,
-                                  lead_message, poison_catalog, with_members)
+from tests.stream_support import (KAFKA_SCHEMA, P0, T0, UTC, as_bytes, chat_message, evento_message, kafka_frame,
+                                  lead_message, poison_catalog, position, with_members)
 
 MAX_BYTES = 64 * 1024
 
@@ -235,6 +235,31 @@ def test_tombstone_needs_only_key_and_version():
     assert reason(dict(tombstone, nome=42)) is None
 
 
+@pytest.mark.parametrize("position, expected", [
+    ("0000000016B37480/00000003", None),
+    ("00007FFFFFFFFFFF/FFFFFFFF", None),  # the last LSN whose Elasticsearch version fits 63 bits
+    ("0000800000000000/00000000", f"{V.VERSION_OUT_OF_RANGE}: source_position"),
+    ("0000000016b37480/00000003", f"{V.WRONG_TYPE}: source_position"),  # lower case would not sort as upper
+    ("16B37480/3", f"{V.WRONG_TYPE}: source_position"),
+    ("0000000016B37480/00000003 ", f"{V.WRONG_TYPE}: source_position"),
+    (1234, f"{V.WRONG_TYPE}: source_position"),
+    (None, f"{V.MISSING_REQUIRED}: source_position"),
+])
+def test_a_position_ordered_entity_needs_a_source_position(position, expected):
+    """chat_session has no version column: its order is the cdc extraction's source position, required in every
+    message, a tombstone's included, and only in the form that sorts as text in commit order."""
+    record_id = str(uuid.uuid4())
+    for message in (chat_message(id=record_id), tombstone_message(CHAT_SESSION, record_id, P0)):
+        assert reason(dict(message, source_position=position)) == expected
+    verdict = check(chat_message(source_position=P0))
+    assert (verdict.version, verdict.position, verdict.row["source_position"]) == (None, P0, P0)
+
+
+def test_a_version_ordered_entity_ignores_a_source_position():
+    verdict = check(dict(lead_message(), source_position="not a position"))
+    assert verdict.position is None and "source_position" not in verdict.row
+
+
 def test_max_payload_bytes_must_be_positive():
     with pytest.raises(ValueError, match="max_payload_bytes"):
         T.to_documents(0)
@@ -244,8 +269,8 @@ def test_max_payload_bytes_must_be_positive():
 
 @pytest.fixture
 def documents(spark):
-    def run(values, **position):
-        frame = kafka_frame(spark, values, **position).transform(T.to_documents(MAX_BYTES))
+    def run(values, **kafka_position):
+        frame = kafka_frame(spark, values, **kafka_position).transform(T.to_documents(MAX_BYTES))
         return [row.asDict() for row in frame.orderBy("offset").collect()]
 
     return run
@@ -299,6 +324,15 @@ def test_documents_render_each_row_once_as_json_for_both_sinks(documents):
     tombstone = rows[1]
     assert (tombstone[T.DOCUMENT_ID], tombstone[T.DELETED]) == (record_id, True)
     assert json.loads(tombstone[T.DOCUMENT])["id"] == record_id
+    assert row[T.DOCUMENT_POSITION] is None and tombstone[T.DOCUMENT_POSITION] is None
+
+
+def test_position_ordered_documents_carry_the_position_and_no_version(documents):
+    session = chat_message(source_position=position(0x16B37480, 2))
+    rows = documents([session, tombstone_message(CHAT_SESSION, session["id"], position(0x16B37490))])
+    assert [(r[T.DOCUMENT_VERSION], r[T.DOCUMENT_POSITION], r[T.DELETED]) for r in rows] == [
+        (None, "0000000016B37480/00000002", False), (None, "0000000016B37490/00000000", True)]
+    assert json.loads(rows[0][T.DOCUMENT])["source_position"] == "0000000016B37480/00000002"
 
 
 def test_event_documents_carry_the_payload_as_json_on_one_line(documents):

@@ -11,7 +11,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from include.entities import ENTITIES, KEYWORD_MAX_BYTES
+from include.entities import ENTITIES, KEYWORD_MAX_BYTES, SOURCE_POSITION
 from spark import validation as V
 from tests.validation_cases import NEWEST, WIDE_CHARACTERS, boundary_values, deep, exactly, message_with, to_json
 
@@ -67,7 +67,8 @@ def field_values(field):
     """Anything at all, the type's boundary values, or values of its kind."""
     own = {"timestamptz": timestamps, "keyword": sized_text, "text": sized_text, "jsonb": json_values | deep_values,
            "text[]": st.lists(st.none() | sized_text | odd_text, max_size=5), "integer": numbers,
-           "numeric": numbers, "boolean": st.booleans(), "uuid": st.uuids().map(str)}[field.type]
+           "numeric": numbers, "boolean": st.booleans(), "uuid": st.uuids().map(str),
+           "source_position": st.from_regex(r"\A[0-9A-Fa-f]{14,17}/[0-9A-F]{7,9}\Z")}[field.type]
     return st.one_of(json_values, st.sampled_from(boundary_values(field)), own)
 
 
@@ -79,7 +80,7 @@ FIELD_VALUES = {(entity.name, field.name): field_values(field) for entity in ENT
 def mutated_messages(draw) -> bytes:
     """A valid message of some entity with up to three members (fields, envelope or unknown) replaced or removed."""
     entity = draw(st.sampled_from(ENTITIES))
-    names = [f.name for f in entity.fields] + ["tipo_evento", "processado_em", "deleted", "campo_novo"]
+    names = [f.name for f in entity.fields] + ["tipo_evento", "processado_em", "deleted", SOURCE_POSITION, "campo_novo"]
     changes = {}
     for name in draw(st.lists(st.sampled_from(names), max_size=3, unique=True)):
         changes[name] = draw(FIELD_VALUES.get((entity.name, name), json_values))
@@ -129,7 +130,10 @@ def assert_both_sinks_accept(verdict: V.Validated):
             assert value in rules.value_range
         if column.type == "numeric":
             assert abs(value) < 10 ** (rules.precision - rules.scale) and -value.as_tuple().exponent <= rules.scale
-    assert dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) <= verdict.version <= NEWEST
+    if verdict.entity.ordered_by_position:
+        assert verdict.version is None and int(verdict.position[:16], 16) < V.MAX_POSITION_LSN
+    else:
+        assert dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) <= verdict.version <= NEWEST
 
 
 def check(value: bytes) -> V.Validated:
