@@ -114,6 +114,16 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
+def distribution(seen_ms: list[float], unseen_ms: list[float]) -> tuple[dict[str, float], list[str]]:
+    """The PERCENTILES of the latencies (ms), and the names of those that are only lower bounds. Events never seen
+    count with the time they had waited, so a path that falls behind cannot look fast: a percentile that lands on
+    one of them is a lower bound."""
+    values = seen_ms + unseen_ms
+    bound = min(unseen_ms, default=float("inf"))
+    points = {name: percentile(values, fraction) for name, fraction in PERCENTILES}
+    return points, [name for name, value in points.items() if value >= bound]
+
+
 def offer(settings, topic: str, dataset: Dataset, rate: int, visibility: Visibility, tick_s: float = 0.01) -> dict:
     """Send the data set's messages at `rate` per second, in ticks, each stamped with its send time."""
     from include.extract.publisher import KafkaPublisher
@@ -172,10 +182,7 @@ def measure(settings, scratch: Scratch, dataset: Dataset, launch: Callable, rate
     seen_ms = visibility.latencies_ms
     if not seen_ms:
         raise RuntimeError(f"no offered event became visible:\n{driver.tail()}")
-    # Events never seen count with the time they had waited, so a job that falls behind cannot look fast: a
-    # percentile that lands on one of them is only a lower bound.
-    latencies = seen_ms + unseen_ms
-    bound = min(unseen_ms, default=float("inf"))
+    points, lower_bounds = distribution(seen_ms, unseen_ms)
     return {
         "offered_per_s": rate,
         "duration_s": round(events / rate, 1),
@@ -184,8 +191,8 @@ def measure(settings, scratch: Scratch, dataset: Dataset, launch: Callable, rate
         "visible": len(seen_ms),
         "not_visible_after_settle": len(unseen_ms),
         "settle_s": settle_s,
-        **{f"{name}_ms": round(percentile(latencies, fraction), 1) for name, fraction in PERCENTILES},
-        "lower_bounds": [name for name, fraction in PERCENTILES if percentile(latencies, fraction) >= bound],
+        **{f"{name}_ms": round(value, 1) for name, value in points.items()},
+        "lower_bounds": lower_bounds,
         "poll_resolution_ms": visibility.poll_s * 1000,
         "driver_heap": heap,
     }

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 from include.contract import MAX_PAYLOAD_BYTES, now_utc, record_message, tombstone_message
 from include.entities import EXTRACTED, SOURCE_POSITION, Entity
+from include.extract.encoding import ChangeEncoder
 from include.extract.extractor import encode_page, split_oversized
 from include.extract.pgoutput import (UNCHANGED, Begin, Change, Commit, LogicalMessage, PgOutputDecoder,
                                       Relation, RowLoader, format_lsn, parse_lsn)
@@ -358,7 +359,7 @@ class CdcExtraction:
         return self.state.get(self.slot), snapshot
 
     def _stream(self, cursor, loader: RowLoader, run_id: str, marker_lsn: int, result: CdcResult) -> None:
-        decoder = PgOutputDecoder()
+        decoder, encoder = PgOutputDecoder(), ChangeEncoder(loader)
         messages: list = []
         dead_letters: list[DeadLetter] = []
         transaction: _Transaction | None = None
@@ -382,7 +383,7 @@ class CdcExtraction:
                                    f"{event.relation.schema}.{event.relation.table}, which is no entity's source")
                 position = source_position(transaction.commit_lsn, transaction.index)
                 transaction.index += 1
-                page, rejects = self._encode_change(entity, event, loader, position, transaction.commit_time)
+                page, rejects = self._encode_change(entity, event, encoder, position, transaction.commit_time)
                 messages += page
                 dead_letters += rejects
                 if event.kind == "delete":
@@ -407,9 +408,15 @@ class CdcExtraction:
         self.publisher.flush()
         self._settle(cursor, result, block=True)
 
-    def _encode_change(self, entity: Entity, change: Change, loader: RowLoader, position: str,
+    def _encode_change(self, entity: Entity, change: Change, encoder: ChangeEncoder, position: str,
                        commit_time: dt.datetime) -> tuple[list, list[DeadLetter]]:
-        relation = change.relation
+        relation, loader = change.relation, encoder.loader
+        if change.kind != "delete":
+            # msgspec where the message is the same (about a fifth of the CPU of the row-by-row encoder); None: the
+            # row-by-row path below decides, with its dead letters and errors.
+            message = encoder.encode(entity, relation, change.new, position, now_utc())
+            if message is not None:
+                return split_oversized(entity, [message], self.max_payload_bytes)
         if change.kind == "delete":
             old = loader.row(relation, change.old)
             tombstone = tombstone_message(entity, old[entity.key],

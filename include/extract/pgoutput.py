@@ -200,7 +200,12 @@ class RowLoader:
         self._connection, self._format = connection, Format.TEXT
         self._loaders: dict[int, Any] = {}
 
-    def _loader(self, type_oid: int):
+    def type_oid(self, name: str) -> int:
+        """The oid of the type `name` (as Postgres names it) in the connection's adapters."""
+        return self._connection.adapters.types[name].oid
+
+    def loader(self, type_oid: int):
+        """The psycopg loader of the type: `loader(oid).load(text)` is the value a query's row holds."""
         loader = self._loaders.get(type_oid)
         if loader is None:
             loader_class = self._connection.adapters.get_loader(type_oid, self._format)
@@ -219,7 +224,7 @@ class RowLoader:
             if value is None or value is UNCHANGED:
                 row[column.name] = value
             else:
-                row[column.name] = self._loader(column.type_oid).load(value)
+                row[column.name] = self.loader(column.type_oid).load(value)
         return row
 
 

@@ -14,6 +14,7 @@ from include.entities import CHAT_SESSION, LEAD
 from include.extract.config import ExtractConfig, parse_from_timestamp, schedule_from_environ, topic_asset_uri
 from include.extract.encoding import can_encode, encode_rows, last_version_and_key
 from include.extract.extractor import encode_page
+from include.extract.pgoutput import UNCHANGED
 from include.settings import SettingsError
 
 NOW = dt.datetime(2025, 3, 1, 12, 30, 15, 250000, tzinfo=dt.timezone.utc)
@@ -181,3 +182,95 @@ def test_backfill_timestamp_needs_an_offset():
     assert parse_from_timestamp("2025-03-01T09:30:00-03:00") == dt.datetime(2025, 3, 1, 12, 30, tzinfo=dt.timezone.utc)
     with pytest.raises(ValueError, match="needs a UTC offset"):
         parse_from_timestamp("2025-03-01T09:30:00")
+
+
+class _NoConnection:
+    """An adapt context without a connection: psycopg's default adapters, timestamps loaded in UTC."""
+
+    connection = None
+
+    def __init__(self):
+        import psycopg
+
+        self.adapters = psycopg.adapters
+
+
+def pgoutput_change(entity, text: dict, extra_first: bool = True, oids: dict | None = None):
+    """A Relation of the entity's table (an unpublished column first, registry columns reversed: the encoder must
+    go by name) and the change's values as pgoutput sends them: the columns' text output, None for NULL."""
+    import psycopg
+
+    from include.extract.pgoutput import Column, Relation
+
+    oids = oids or {}
+    columns = [Column(f.name, oids.get(f.name, psycopg.adapters.types[f.pg_type].oid), f.name == entity.key)
+               for f in reversed(entity.fields)]
+    if extra_first:
+        columns.insert(0, Column("internal_notes", psycopg.adapters.types["text"].oid, False))
+    relation = Relation(16385, "public", entity.source_table, "d", tuple(columns))
+    values = tuple(None if c.name not in text else text[c.name] for c in columns)
+    return relation, values
+
+
+LEAD_TEXT = {
+    "id": b"3f2c1b0a-9e8d-4c7b-a6f5-e4d3c2b1a098", "nome": 'Antônio "Tó" Conceição\n'.encode(),
+    "email": b"antonio@uol.com.br", "localizacao": '{"lat": -2.53, "cidade": "São Luís", "n": 1e-06}'.encode(),
+    "interesse": b'{terreno,"uso do FGTS",NULL}', "score_qualificacao": b"87", "status_lead": "negociação".encode(),
+    "created_at": b"2025-02-27 12:30:15+00", "updated_at": b"2025-03-01 12:30:15.25+00",
+    "last_interaction_at": b"2025-03-01 09:30:15.000001-03", "internal_notes": b"not published",
+}
+
+
+def row_by_row(entity, relation, values, position):
+    """What cdc's row-by-row path writes for the change (RowLoader, the contract's message and encoder)."""
+    from include.extract.cdc import _with_position
+    from include.extract.pgoutput import RowLoader
+
+    return encode_page(entity, [RowLoader(_NoConnection()).row(relation, values)], _with_position(position), NOW)
+
+
+def test_cdc_changes_encoded_from_pgoutput_text_are_the_row_by_row_messages():
+    from include.extract.encoding import ChangeEncoder
+    from include.extract.pgoutput import RowLoader
+
+    encoder = ChangeEncoder(RowLoader(_NoConnection()))
+    session = {"id": b"6a3e3b8e-8f8e-4bde-9d4b-2f6f2c2f7a10", "is_active": b"f", "pages_visited": b"{/,/contato}",
+               "total_messages": b"12", "updated_at": b"2025-03-01 12:30:15.25+00"}
+    for entity, text in ((LEAD, LEAD_TEXT), (LEAD, {**LEAD_TEXT, "localizacao": None, "interesse": b"{}"}),
+                         (CHAT_SESSION, session)):
+        relation, values = pgoutput_change(entity, text)
+        key, value = encoder.encode(entity, relation, values, "0000000100000A0/00000003", NOW)
+        [(expected_key, expected)], dead = row_by_row(entity, relation, values, "0000000100000A0/00000003")
+        assert dead == [] and key == expected_key
+        assert list(json.loads(value).items()) == list(json.loads(expected).items())
+        assert list(json.loads(value))[-1] == "source_position"
+
+
+@pytest.mark.parametrize("change", [
+    {"updated_at": None},  # a required field NULL: the row-by-row path's dead letter
+    {"nome": UNCHANGED},  # an unchanged TOASTed value: the row-by-row path takes it from the old row, or fails
+    {"localizacao": ('{"n": %s.5}' % ("1" * 310)).encode()},  # an infinite float in the contract's encoder
+])
+def test_a_change_the_fast_path_cannot_write_goes_row_by_row(change):
+    from include.extract.encoding import ChangeEncoder
+    from include.extract.pgoutput import RowLoader
+
+    relation, values = pgoutput_change(LEAD, {**LEAD_TEXT, **change})
+    assert ChangeEncoder(RowLoader(_NoConnection())).encode(LEAD, relation, values, "0/0", NOW) is None
+
+
+def test_a_column_of_another_type_or_a_missing_one_goes_row_by_row():
+    import psycopg
+
+    from include.extract.encoding import ChangeEncoder
+    from include.extract.pgoutput import RowLoader
+
+    encoder = ChangeEncoder(RowLoader(_NoConnection()))
+    # json keeps its text as written (spaces, duplicate keys): only jsonb's is the contract's value.
+    relation, values = pgoutput_change(LEAD, LEAD_TEXT, oids={"localizacao": psycopg.adapters.types["json"].oid})
+    assert encoder.encode(LEAD, relation, values, "0/0", NOW) is None
+    relation, values = pgoutput_change(LEAD, LEAD_TEXT)
+    without = relation.__class__(relation.oid, relation.schema, relation.table, relation.replica_identity,
+                                 tuple(c for c in relation.columns if c.name != "email"))
+    assert encoder.encode(LEAD, without, tuple(v for c, v in zip(relation.columns, values) if c.name != "email"),
+                          "0/0", NOW) is None
