@@ -3,8 +3,8 @@
 
 Each test owns a uuid-named source schema, replication slot and publication (dropped afterwards: a slot left
 behind keeps WAL for ever), topic, warehouse schema, index prefix and checkpoint. The job's query (build_query, a
-processing-time trigger) runs in the tests' SparkSession while the extraction runs, as in production, and sparing a
-JVM start; `processAllAvailable` then waits until it has merged everything on the topic. Each test ends with
+processing-time trigger) runs in the tests' SparkSession while the extraction runs, as in production, sparing a JVM
+start; `processAllAvailable` then waits until it has merged everything on the topic. Each test ends with
 `assert_sinks_equal_source`: the reconciler finds no drift (ids and versions: Postgres against the source,
 Elasticsearch against Postgres), and every field of every row is the same in the source, Postgres and
 Elasticsearch.
@@ -54,7 +54,7 @@ def stream(spark, settings, kafka_topic, pg_schema, es_prefix, tmp_state):
 
 
 def seed(source_db, schema: str, rows: int) -> None:
-    """`rows` leads with a value in every column type the registry uses; `score_qualificacao` numbers them (indexed,
+    """`rows` leads with a value in every column type the lead has; `score_qualificacao` numbers them (indexed,
     for the writers' single-row updates)."""
     leads = f"{quote_ident(schema)}.leads"
     source_db.execute(f"""INSERT INTO {leads} (nome, email, localizacao, interesse, score_qualificacao, status_lead,
@@ -104,7 +104,8 @@ def assert_sinks_equal_source(settings, es, source_db, source_schema: str, pg_sc
     source_rows = table_rows(source_db, source_schema, LEAD.source_table)
     unequal = [key for key in source_rows if warehouse_rows.get(key) != source_rows[key]]
     assert not unequal and len(warehouse_rows) == len(source_rows), (
-        f"{len(unequal)} leads differ in Postgres, e.g. {[(source_rows[k], warehouse_rows.get(k)) for k in unequal[:2]]}")
+        f"{len(unequal)} leads differ in Postgres, e.g. "
+        f"{[(source_rows[k], warehouse_rows.get(k)) for k in unequal[:2]]}")
     documents = document_rows(es, LEAD.index_name(es_prefix))
     unequal = [key for key in warehouse_rows if documents.get(key) != warehouse_rows[key]]
     assert not unequal and len(documents) == len(warehouse_rows), (
