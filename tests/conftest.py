@@ -3,12 +3,14 @@ Elasticsearch index a test uses is uuid-named, created for it and removed afterw
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import sys
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -153,6 +155,98 @@ def kafka_topic(settings):
 def tmp_state(tmp_path):
     """A scratch folder for checkpoints and logs (never /tmp defaults in code under test)."""
     return tmp_path
+
+
+@pytest.fixture
+def source_schema(settings, pg_schema):
+    """A schema in the Supabase stand-in database holding the source DDL, dropped afterwards. It takes the
+    name of the test's (uuid-named) warehouse schema, which lives in another database."""
+    from include.connections import pg_session
+    from include.schema import apply_sql, quote_ident, source_ddl
+
+    name = pg_schema
+    with pg_session(settings, settings.pg_source_db) as admin:
+        admin.autocommit = True
+        admin.execute(f"CREATE SCHEMA {quote_ident(name)}")
+        with pg_session(settings, settings.pg_source_db) as connection:
+            apply_sql(connection, source_ddl(schema=name))
+        yield name
+        admin.execute(f"DROP SCHEMA {quote_ident(name)} CASCADE")
+
+
+@pytest.fixture
+def source_db(settings):
+    """A connection to the stand-in database (statement_timeout set); closed afterwards."""
+    from include.connections import pg_session
+
+    with pg_session(settings, settings.pg_source_db) as connection:
+        yield connection
+
+
+@pytest.fixture
+def warehouse_db(settings, pg_schema):
+    """A connection to the test's warehouse schema (statement_timeout set); closed afterwards."""
+    from include.connections import pg_session
+
+    with pg_session(settings, settings.pg_warehouse_db, pg_schema) as connection:
+        connection.autocommit = True
+        yield connection
+
+
+@pytest.fixture
+def endpoints(source_schema, pg_schema, kafka_topic):
+    from include.extract.service import Endpoints
+
+    return Endpoints(source_schema=source_schema, warehouse_schema=pg_schema, topic=kafka_topic)
+
+
+@dataclass(frozen=True)
+class Record:
+    key: str
+    value: dict
+    partition: int
+    offset: int
+
+
+@pytest.fixture
+def read_topic(settings):
+    """Returns a function reading every message on a topic, from the start to its current end."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumers = []
+
+    def read(topic: str) -> list[Record]:
+        consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                                 auto_offset_reset="earliest", client_id="pytest-reader")
+        consumers.append(consumer)
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        records = []
+        while any(consumer.position(tp) < end[tp] for tp in partitions):
+            for batch in consumer.poll(timeout_ms=1000, max_records=5000).values():
+                records.extend(Record(m.key.decode(), json.loads(m.value), m.partition, m.offset) for m in batch)
+        return records
+
+    yield read
+    for consumer in consumers:
+        consumer.close()
+
+
+@pytest.fixture
+def cdc_settings(settings, source_schema):
+    """Settings naming a replication slot and a publication of the test's own (the source schema's uuid name);
+    both dropped afterwards (a slot left behind makes the source keep WAL for ever)."""
+    from include.connections import pg_session
+    from include.extract.cdc import drop_slot
+    from include.schema import quote_ident
+
+    yield settings.model_copy(update={"extract_cdc_slot": source_schema, "extract_cdc_publication": source_schema})
+    with pg_session(settings, settings.pg_source_db) as admin:
+        admin.autocommit = True
+        drop_slot(admin, source_schema)
+        admin.execute(f"DROP PUBLICATION IF EXISTS {quote_ident(source_schema)}")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -8,12 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import random
-import signal
-import subprocess
-import sys
-import threading
 import time
 
 import pytest
@@ -25,19 +19,8 @@ from include.extract.config import ExtractConfig
 from include.extract.extractor import RunOptions, extract_entity
 from include.extract.service import run_cdc
 from include.schema import quote_ident
-from include.settings import REPO_ROOT
 
 CDC = ExtractConfig(source="cdc")
-
-
-@pytest.fixture
-def cdc_settings(settings, source_schema):
-    """Settings naming a slot and a publication of the test's own (the source schema's uuid name)."""
-    yield settings.model_copy(update={"extract_cdc_slot": source_schema, "extract_cdc_publication": source_schema})
-    with pg_session(settings, settings.pg_source_db) as admin:
-        admin.autocommit = True
-        drop_slot(admin, source_schema)
-        admin.execute(f"DROP PUBLICATION IF EXISTS {quote_ident(source_schema)}")
 
 
 def cdc(cdc_settings, endpoints, **kwargs):
@@ -136,117 +119,6 @@ def test_deletes_are_tombstones_with_no_trigger_and_no_deleted_records_table(
     assert set(latest(read_topic, kafka_topic)) == set(source_names(source_db, source_schema)) | set(deleted)
 
 
-class Writer(threading.Thread):
-    """Commits small transactions of inserts, updates (each to a value never used before) and deletes, and
-    records what each committed transaction left."""
-
-    def __init__(self, settings, schema: str, seed: int):
-        super().__init__(daemon=True)
-        self.settings, self.leads = settings, f"{quote_ident(schema)}.leads"
-        self.random, self.stop, self.transactions, self.error = random.Random(seed), threading.Event(), 0, None
-        self.committed: list[tuple[str, str | None]] = []  # (id, nome) for every upsert; (id, None) for a delete
-
-    def run(self):
-        try:
-            with pg_session(self.settings, self.settings.pg_source_db) as connection:
-                counter = 0
-                while not self.stop.is_set():
-                    ids = [r[0] for r in connection.execute(
-                        f"SELECT id::text FROM {self.leads} ORDER BY random() LIMIT 6").fetchall()]
-                    changes = []
-                    for _ in range(3):
-                        counter += 1
-                        name = f"w{counter}"
-                        changes.append((connection.execute(
-                            f"INSERT INTO {self.leads} (nome) VALUES (%s) RETURNING id::text", [name]
-                        ).fetchone()[0], name))
-                    for record_id in ids[:4]:
-                        counter += 1
-                        connection.execute(f"UPDATE {self.leads} SET nome = %s WHERE id = %s",
-                                           [f"w{counter}", record_id])
-                        changes.append((record_id, f"w{counter}"))
-                    for record_id in ids[4:5]:
-                        connection.execute(f"DELETE FROM {self.leads} WHERE id = %s", [record_id])
-                        changes.append((record_id, None))
-                    connection.commit()
-                    self.committed += changes
-                    self.transactions += 1
-                    time.sleep(self.random.uniform(0, 0.01))
-        except BaseException as error:  # re-raised by the test's join()
-            self.error = error
-
-    def join_checked(self):
-        self.stop.set()
-        self.join(timeout=30)
-        if self.error:
-            raise self.error
-
-
-def test_killed_three_times_mid_run_under_concurrent_writes_loses_no_committed_change(
-        settings, cdc_settings, source_db, source_schema, pg_schema, endpoints, warehouse_db, kafka_topic,
-        read_topic):
-    leads = f"{quote_ident(source_schema)}.leads"
-    source_db.execute(f"INSERT INTO {leads} (nome, score_qualificacao) "
-                      "SELECT 'seed ' || n, n FROM generate_series(1, 20000) n")
-    source_db.execute(f"CREATE INDEX ON {leads} (score_qualificacao)")
-    source_db.commit()
-    source_db.autocommit = True
-    command = [sys.executable, "-m", "include.extract", "run", "--page-size", "200", "--source-schema",
-               source_schema, "--warehouse-schema", pg_schema, "--topic", kafka_topic]
-    environment = os.environ | {"PIPELINE_EXTRACT_SOURCE": "cdc", "PIPELINE_EXTRACT_CDC_SLOT": source_schema,
-                                "PIPELINE_EXTRACT_CDC_PUBLICATION": source_schema}
-    # Changes committed before the slot exists reach Kafka as the snapshot's rows, not one by one: the writer
-    # starts once the first run created the slot.
-    writer = Writer(settings, source_schema, seed=7)
-    kills = attempt = 0
-    try:
-        while kills < 3 and attempt < 8:
-            attempt += 1
-            # A backlog for the run to be in the middle of: the writer's transactions since the last run, and
-            # 3,000 one-row transactions more.
-            source_db.execute(f"""DO $$ BEGIN FOR n IN 1..3000 LOOP
-                UPDATE {leads} SET nome = 'bulk{attempt}-' || n WHERE score_qualificacao = n; COMMIT;
-                END LOOP; END $$""")
-            process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.PIPE)
-            try:
-                before = warehouse_db.execute("SELECT confirmed_at FROM extract_cdc_slots").fetchone()
-                deadline = time.monotonic() + 60
-                # Killed once it has confirmed a position (the first time: once the snapshot is under way), with
-                # pages sent and not yet acknowledged.
-                while process.poll() is None and time.monotonic() < deadline:
-                    if not writer.is_alive() and warehouse_db.execute("SELECT 1 FROM extract_cdc_slots").fetchone():
-                        writer.start()
-                    now = warehouse_db.execute(
-                        "SELECT confirmed_at, snapshot_progress::text FROM extract_cdc_slots").fetchone()
-                    if now and (now[0] != (before and before[0]) or (attempt == 1 and now[1] != "{}")):
-                        break
-                    time.sleep(0.01)
-                time.sleep(random.uniform(0, 0.1))
-                process.send_signal(signal.SIGKILL)
-                process.wait(timeout=30)
-            finally:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait()
-            # A run that finished before the signal is no kill; the next attempt brings a new backlog.
-            assert process.returncode in (0, -signal.SIGKILL), process.stderr.read().decode()[-2000:]
-            kills += process.returncode == -signal.SIGKILL
-    finally:
-        if writer.is_alive():
-            writer.join_checked()
-
-    cdc(cdc_settings, endpoints)
-
-    assert kills == 3 and writer.transactions > 50
-    on_kafka = {(r.key, None if r.value.get("deleted") else r.value["nome"]) for r in read_topic(kafka_topic)}
-    missing = [change for change in writer.committed if change not in on_kafka]
-    assert not missing, f"{len(missing)} committed changes never reached Kafka, e.g. {missing[:5]}"
-    newest = latest(read_topic, kafka_topic)
-    alive = {key: value["nome"] for key, value in newest.items() if not value.get("deleted")}
-    assert alive == source_names(source_db, source_schema)
-
-
 def test_a_dropped_slot_stops_the_run_until_a_resnapshot(cdc_settings, source_db, source_schema, endpoints,
                                                          read_topic, kafka_topic):
     leads = f"{quote_ident(source_schema)}.leads"
@@ -300,47 +172,6 @@ def test_the_slot_check_fires_when_the_extraction_stops_and_clears_when_it_catch
     drop_slot(source_db, cdc_settings.extract_cdc_slot)
     source_db.commit()
     assert "missing on the source" in mine().problems[0] and mine().active is None
-
-
-def test_the_initial_snapshot_under_concurrent_updates_ends_equal_to_the_source(
-        settings, cdc_settings, source_db, source_schema, endpoints, read_topic, kafka_topic):
-    """The slot's exported snapshot and the stream after it meet without a gap: rows updated while the snapshot
-    is copied end, newest by version (what the sinks keep), equal to the source."""
-    leads = f"{quote_ident(source_schema)}.leads"
-    source_db.execute(f"INSERT INTO {leads} (nome, score_qualificacao) "
-                      "SELECT 'Davi ' || n, n FROM generate_series(1, 15000) n")
-    source_db.execute(f"CREATE INDEX ON {leads} (score_qualificacao)")
-    source_db.commit()
-    stop, updates = threading.Event(), []
-
-    def update():
-        with pg_session(settings, settings.pg_source_db) as connection:
-            connection.autocommit = True
-            rng = random.Random(3)
-            while not stop.is_set() and len(updates) < 10_000:
-                n = rng.randint(1, 15000)
-                connection.execute(f"UPDATE {leads} SET nome = %s WHERE score_qualificacao = %s",
-                                   [f"Davi {n} v{len(updates)}", n])
-                updates.append(n)
-
-    updater = threading.Thread(target=update, daemon=True)
-    updater.start()
-    try:
-        snapshot = cdc(cdc_settings, endpoints)
-    finally:
-        stop.set()
-        updater.join(timeout=30)
-    final = cdc(cdc_settings, endpoints)
-
-    assert snapshot.snapshot_rows == 15000 and len(updates) > 100
-    assert snapshot.published + final.published > 0, "no update came through the slot after the snapshot"
-    newest: dict[str, dict] = {}
-    for record in read_topic(kafka_topic):
-        held = newest.get(record.key)
-        version = dt.datetime.fromisoformat(record.value["updated_at"])
-        if held is None or version >= dt.datetime.fromisoformat(held["updated_at"]):
-            newest[record.key] = record.value
-    assert {key: value["nome"] for key, value in newest.items()} == source_names(source_db, source_schema)
 
 
 def test_an_entity_new_to_the_publication_has_its_existing_rows_copied(
