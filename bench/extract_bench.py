@@ -31,8 +31,9 @@ from include.extract.config import ExtractConfig  # noqa: E402
 from include.extract.demo_data import DemoSize, generate  # noqa: E402
 from include.extract.extractor import RunOptions  # noqa: E402
 from include.extract.service import Endpoints, run_cdc, run_extraction  # noqa: E402
-from include.schema import apply_sql, quote_ident, source_ddl, warehouse_ddl  # noqa: E402
+from include.schema import apply_sql, quote_ident, warehouse_ddl  # noqa: E402
 from include.settings import load_settings  # noqa: E402
+from stack.standin import apply_standin  # noqa: E402
 
 
 def _topic_size(settings, topic: str) -> int:
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
         cdc_endpoints = Endpoints(source_schema=name, warehouse_schema=name, topic=cdc_topic)
         cdc_config = ExtractConfig(source="cdc", page_size=args.page_size)
         with pg_session(settings, settings.pg_source_db) as connection:
-            apply_sql(connection, source_ddl(schema=name))
+            apply_standin(connection, schema=name)
             if args.cdc:
                 # The slot exists before the rows: they reach it as changes in the WAL, not as a snapshot.
                 run_cdc(settings=cdc_settings, config=cdc_config, endpoints=cdc_endpoints)

@@ -32,10 +32,11 @@ from include.connections import pg_session, warehouse_session
 from include.entities import LEAD
 from include.extract.config import ExtractConfig
 from include.extract.service import Endpoints, run_cdc
-from include.schema import apply_sql, quote_ident, source_ddl
+from include.schema import quote_ident
 from include.settings import load_settings
 from spark.job_spec import trigger_interval
 from spark.streaming_job import JobConfig
+from stack.standin import apply_standin
 
 log = logging.getLogger("bench.freshness")
 
@@ -56,7 +57,7 @@ def source_schema(settings, scratch: Scratch, label: str) -> str:
     with pg_session(settings, settings.pg_source_db) as connection:
         connection.execute(f"CREATE SCHEMA {quote_ident(name)}")
         scratch.callback(drop)
-        apply_sql(connection, source_ddl(schema=name))
+        apply_standin(connection, schema=name)
     return name
 
 

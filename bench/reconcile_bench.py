@@ -29,8 +29,9 @@ from bench.data import EventGenerator
 from include.connections import pg_session
 from include.contract import encode, record_message
 from include.entities import BY_NAME, Entity
-from include.schema import apply_sql, ensure_index, quote_ident, source_ddl, warehouse_ddl
+from include.schema import apply_sql, ensure_index, quote_ident, warehouse_ddl
 from include.settings import REPO_ROOT, load_settings
+from stack.standin import apply_standin
 
 CHUNK = 5_000
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -175,7 +176,7 @@ def bench_entity(settings, entity: Entity, rows: int, drift: int) -> dict:
         for connection in (source_admin, warehouse_admin):
             connection.execute(f"CREATE SCHEMA {quote_ident(name)}")
         with pg_session(settings, settings.pg_source_db) as connection:
-            apply_sql(connection, source_ddl(schema=name))
+            apply_standin(connection, schema=name)
         with pg_session(settings, settings.pg_warehouse_db, name) as connection:
             apply_sql(connection, warehouse_ddl())
         ensure_index(es, entity, index)

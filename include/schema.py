@@ -1,4 +1,5 @@
-"""Applies the schema: warehouse tables, the Supabase stand-in, and Elasticsearch indices.
+"""Applies the schema: warehouse tables and Elasticsearch indices. It never creates or alters anything on the
+source (the local stack owns its Supabase stand-in's DDL: stack/standin.py).
 
 SQL lives in include/sql/*.sql as Jinja templates (Airflow's templating language) that take identifiers from
 the entity registry only. Every statement here is idempotent, so the schema task can run any number of times.
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import jinja2
 
-from include.entities import ENTITIES, EXTRACTED, Entity
+from include.entities import ENTITIES, Entity
 
 log = logging.getLogger(__name__)
 SQL_DIR = Path(__file__).resolve().parent / "sql"
@@ -22,13 +23,19 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-_templates = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(SQL_DIR),
-    undefined=jinja2.StrictUndefined,
-    autoescape=False,
-    keep_trailing_newline=True,
-)
-_templates.filters["ident"] = quote_ident
+def sql_templates(directory: Path) -> jinja2.Environment:
+    """The Jinja environment of a folder of SQL templates: undefined names fail, identifiers go through `ident`."""
+    templates = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(directory),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+    )
+    templates.filters["ident"] = quote_ident
+    return templates
+
+
+_templates = sql_templates(SQL_DIR)
 
 
 def render_sql(template_name: str, **context) -> str:
@@ -50,13 +57,6 @@ def warehouse_ddl(entities: tuple[Entity, ...] = ENTITIES) -> list[str]:
         + [render_sql("warehouse_entity_table.sql", entity=entity) for entity in entities]
         + [render_sql("stream_staging.sql", stage=STREAM_STAGE_TABLE)]
     )
-
-
-def source_ddl(entities: tuple[Entity, ...] = EXTRACTED, schema: str = "public") -> list[str]:
-    """The Supabase stand-in's DDL in `schema` (`public` on Supabase; tests pass a schema they own)."""
-    return [render_sql("source_support.sql", schema=schema)] + [
-        render_sql("source_entity_table.sql", entity=entity, schema=schema) for entity in entities
-    ]
 
 
 def apply_sql(connection, statements: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""Local stack control: `python -m stack {fetch,up,down,status,schema,env,airflow}`.
+"""Local stack control: `python -m stack {fetch,up,down,status,schema,standin,env,airflow}`.
 
 `up` is idempotent and serialised by a lock file, so any number of callers (make targets, tests, people) can
 run it; `down` stops only processes whose pid this stack recorded when it started them.
@@ -40,16 +40,23 @@ def stack_lock(state_dir: Path):
 def apply_schema(settings) -> None:
     from elasticsearch import Elasticsearch
 
-    from include.connections import source_session, warehouse_session
-    from include.schema import apply_sql, ensure_indices, source_ddl, warehouse_ddl
+    from include.connections import warehouse_session
+    from include.schema import apply_sql, ensure_indices, warehouse_ddl
 
     with warehouse_session(settings) as connection:
         apply_sql(connection, warehouse_ddl())
-    with source_session(settings) as connection:
-        apply_sql(connection, source_ddl())
+    apply_standin_schema(settings)
     es = Elasticsearch(settings.es_url, request_timeout=30)
     ensure_indices(es)
     es.close()
+
+
+def apply_standin_schema(settings) -> None:
+    from include.connections import source_session
+    from stack.standin import apply_standin
+
+    with source_session(settings) as connection:
+        apply_standin(connection)
 
 
 def up(args) -> int:
@@ -149,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("airflow-down", help="stop the Airflow processes started by airflow-ui")
     commands.add_parser("fetch", help="download Kafka, Elasticsearch and the Spark jars without starting anything")
     commands.add_parser("schema", help="apply the warehouse, stand-in and index schema")
+    commands.add_parser("standin", help="create the Supabase stand-in's tables in PIPELINE_PG_SOURCE_DB (the "
+                                        "stack's own database, never a hosted project)")
     commands.add_parser("env", help="print shell exports for airflow commands against the local stack")
     airflow_parser = commands.add_parser("airflow", help="run an airflow command against the local stack")
     airflow_parser.add_argument("airflow_args", nargs=argparse.REMAINDER)
@@ -172,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
             return print_status(settings)
         if args.command == "schema":
             apply_schema(settings)
+            return 0
+        if args.command == "standin":
+            apply_standin_schema(settings)
             return 0
         if args.command == "env":
             for name, value in settings.airflow_environment().items():

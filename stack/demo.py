@@ -1,9 +1,11 @@
 """`make demo`: the whole pipeline once, end to end, on the local stack, through Airflow.
 
-1. `warehouse_schema` (airflow dags test): tables, stand-in tables, indices.
+1. `warehouse_schema` (airflow dags test): warehouse tables and indices (`make up` created the stand-in's tables).
 2. The Supabase stand-in: demo leads and chat sessions on the first run; on later runs, "activity" (updates,
    erasures, new rows), so the incremental extraction has changes, and only changes, to find.
-3. `supabase_to_kafka` (airflow dags test), then a few generic events through `inject_event`.
+3. `supabase_to_kafka` (airflow dags test) reading the stand-in's write-ahead log (`PIPELINE_EXTRACT_SOURCE=cdc`;
+   its first run copies the existing rows under the slot's snapshot), then a few generic events through
+   `inject_event`.
 4. `stream_supervisor` with `trigger=available-now` (airflow dags test) of this checkout's job, packaged and
    selected as the release `tree-<digest>`: the Spark job drains the topic into Postgres and Elasticsearch, then
    ends.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -27,6 +30,7 @@ from stack.services import airflow_services
 log = logging.getLogger("demo")
 DEMO_LEADS = 500
 DEMO_EVENTS = (("pagina_visitada", 1), ("formulario_enviado", 1), ("compra_concluida", 1490.90))
+DEMO_EXTRACT_SOURCE = "cdc"
 
 
 def run_dag(settings, dag_id: str, conf: dict | None = None) -> None:
@@ -82,6 +86,8 @@ def select_checkout_release() -> str:
 
 def main() -> int:
     logging.basicConfig(level=logging.WARNING)
+    # For this process and the `airflow dags test` runs it starts (they inherit its environment).
+    os.environ["PIPELINE_EXTRACT_SOURCE"] = DEMO_EXTRACT_SOURCE
     settings = load_settings()
     if any(component.running() for component in airflow_services(settings)):
         # Its scheduler runs the pipeline itself: its stream_supervisor owns the job, and the demo's driver would
@@ -98,11 +104,11 @@ def main() -> int:
     before = topic_size(settings)
     run_dag(settings, "supabase_to_kafka")
     extracted = topic_size(settings) - before
-    print(f"  supabase_to_kafka published {extracted} messages")
+    print(f"  supabase_to_kafka ({settings.extract_source}) published {extracted} messages")
     if changed is not None:
-        # Each run re-reads a lookback window before its cursor (late commits); the sinks absorb the repeats.
-        print(f"  incremental: {changed} source rows changed since the last run (each deletion is one tombstone); "
-              f"{extracted - changed} re-read inside the lookback window")
+        # What the source changed, beside what the extraction published: the poller adds its lookback window's
+        # re-reads, cdc one message per committed change, a first cdc run every existing row (its snapshot).
+        print(f"  {changed} source rows changed since the last run (each deletion is one tombstone)")
     from include.extract.service import inject_event
 
     for evento, valor in DEMO_EVENTS:
@@ -124,8 +130,9 @@ def main() -> int:
     print(f"  data-quality verdict: {'PASS' if status['dq_passed'] else 'FAIL'}"
           + "".join(f"\n    - {reason}" for reason in status["dq_reasons"]))
     for slot in status["cdc_slots"]:
-        print(f"  replication slot {slot['slot']}: {slot['retained_wal_bytes']} bytes of WAL held back, last "
-              f"confirmed {slot['confirm_age_seconds']} s ago"
+        age = slot["confirm_age_seconds"]
+        confirmed = "never confirmed by this pipeline" if age is None else f"last confirmed {age:.0f} s ago"
+        print(f"  replication slot {slot['slot']}: {slot['retained_wal_bytes']} bytes of WAL held back, {confirmed}"
               + "".join(f"\n    - {problem}" for problem in slot["problems"]))
     api_port = settings.airflow_api_port
     print(f"\nAirflow UI: `make airflow`, then http://127.0.0.1:{api_port} (the login is printed there)."

@@ -159,17 +159,18 @@ def tmp_state(tmp_path):
 
 @pytest.fixture
 def source_schema(settings, pg_schema):
-    """A schema in the Supabase stand-in database holding the source DDL, dropped afterwards. It takes the
+    """A schema in the Supabase stand-in database holding the stand-in's tables, dropped afterwards. It takes the
     name of the test's (uuid-named) warehouse schema, which lives in another database."""
     from include.connections import pg_session
-    from include.schema import apply_sql, quote_ident, source_ddl
+    from include.schema import quote_ident
+    from stack.standin import apply_standin
 
     name = pg_schema
     with pg_session(settings, settings.pg_source_db) as admin:
         admin.autocommit = True
         admin.execute(f"CREATE SCHEMA {quote_ident(name)}")
         with pg_session(settings, settings.pg_source_db) as connection:
-            apply_sql(connection, source_ddl(schema=name))
+            apply_standin(connection, schema=name)
         yield name
         admin.execute(f"DROP SCHEMA {quote_ident(name)} CASCADE")
 

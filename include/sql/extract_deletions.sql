@@ -1,4 +1,4 @@
--- One keyset page of an entity's captured deletions (see source_support.sql), oldest first, optionally only
+-- One keyset page of an entity's captured deletions (see stack/sql/source_support.sql), oldest first, optionally only
 -- those up to `until`.
 SELECT id, deleted_at
 FROM {{ schema | ident }}.deleted_records

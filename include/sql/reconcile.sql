@@ -61,7 +61,7 @@ SELECT pg_current_wal_lsn()::text
 {%- endmacro %}
 
 {% macro source_deletions(schema) -%}
--- When the source deleted the given ids of an entity (its capture trigger, source_support.sql).
+-- When the source deleted the given ids of an entity (its capture trigger, stack/sql/source_support.sql).
 SELECT d.id::text, d.deleted_at
 FROM {{ relation(schema, "deleted_records") }} d
 WHERE d.entity = %(entity)s AND d.id = ANY(CAST(%(ids)s AS uuid[]))

@@ -23,9 +23,10 @@ import pytest
 
 from include.connections import pg_session
 from include.entities import ENTITIES
-from include.schema import apply_sql, ensure_index, quote_ident, source_ddl, warehouse_ddl
+from include.schema import apply_sql, ensure_index, quote_ident, warehouse_ddl
 from include.settings import REPO_ROOT, Settings, load_settings
 from stack.services import init_airflow
+from stack.standin import standin_ddl
 from stack.services import AirflowComponent, airflow_services, pid_alive
 from tests.conftest import owned_index_prefix, owned_topic, unique_name
 
@@ -45,7 +46,7 @@ def isolated_objects(settings: Settings, es):
         for database in databases.values():
             admin.execute(f"CREATE DATABASE {quote_ident(database)}")
         try:
-            for database, ddl in ((databases["warehouse"], warehouse_ddl()), (databases["source"], source_ddl())):
+            for database, ddl in ((databases["warehouse"], warehouse_ddl()), (databases["source"], standin_ddl())):
                 with pg_session(settings, database) as connection:
                     apply_sql(connection, ddl)
             for entity in ENTITIES:

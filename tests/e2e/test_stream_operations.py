@@ -48,8 +48,9 @@ from include.orchestration.observe import observe_job
 from include.orchestration.processes import stop_driver
 from include.orchestration.releases import ReleaseStore
 from include.orchestration.supervision import QueryFiles, read_exits
-from include.schema import apply_sql, quote_ident, source_ddl, warehouse_ddl
+from include.schema import apply_sql, quote_ident, warehouse_ddl
 from include.settings import REPO_ROOT
+from stack.standin import apply_standin
 from tests.stream_support import T0, chat_message, driver_jvms, evento_message, lead_message, produce
 
 pytestmark = pytest.mark.timeout(1800)
@@ -186,7 +187,7 @@ def stack(settings, tmp_path_factory):
     with psycopg.connect(settings.pg_dsn(settings.pg_source_db), autocommit=True) as connection:
         connection.execute(f"CREATE SCHEMA {quote_ident(ops.schema)}")
     with psycopg.connect(settings.pg_dsn(settings.pg_source_db)) as connection:
-        apply_sql(connection, source_ddl(schema=ops.schema))
+        apply_standin(connection, schema=ops.schema)
     try:
         yield ops
     finally:

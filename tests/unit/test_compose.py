@@ -744,3 +744,24 @@ def test_the_topic_is_created_deliberately_with_the_settings_defaults():
     assert environment(init)["TOPIC"] == defaults["kafka_topic"].default
     assert environment(init)["PARTITIONS"] == str(defaults["kafka_partitions"].default)
     assert environment(services["airflow-scheduler"])["PIPELINE_KAFKA_TOPIC"] == defaults["kafka_topic"].default
+
+
+def test_the_stand_in_is_ready_for_change_data_capture_and_the_extraction_uses_it():
+    """The deployment extracts with cdc by default: its Postgres decodes logical WAL with room for the slot, the
+    stand-in's tables come from the stack's one-shot (never from a DAG), and the scheduler starts after them."""
+    services = resolved()["services"]
+    command = services["postgres"]["command"]
+    options = dict(command[index + 1].split("=", 1) for index, word in enumerate(command) if word == "-c")
+    assert options["wal_level"] == "logical"
+    assert int(options["max_replication_slots"]) >= 2 and int(options["max_wal_senders"]) >= 2
+    assert environment(services["airflow-scheduler"])["PIPELINE_EXTRACT_SOURCE"] == "cdc"
+
+    standin = services["supabase-standin-init"]
+    assert standin["command"] == ["python", "-m", "stack", "standin"]
+    assert "./stack:/opt/airflow/stack:ro" in standin["volumes"]
+    env = environment(standin)
+    # The stack's stand-in database on the postgres service, whatever SUPABASE_DB_* point the extraction at.
+    assert (env["PIPELINE_PG_HOST"], env["PIPELINE_PG_SOURCE_DB"]) == ("postgres", "supabase")
+    assert not any(key.startswith("SUPABASE_DB_") for key in env)
+    scheduler_waits_for = services["airflow-scheduler"]["depends_on"]
+    assert scheduler_waits_for["supabase-standin-init"]["condition"] == "service_completed_successfully"

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from include.entities import BY_TIPO_EVENTO, ENTITIES, EXTRACTED, TYPES, Entity, Field, entity_for
-from include.schema import quote_ident, source_ddl, warehouse_ddl
+from include.schema import quote_ident, warehouse_ddl
 
 
 def test_registry_declares_the_users_contract():
@@ -51,12 +51,29 @@ def test_warehouse_ddl_covers_every_registry_column():
             assert f"{quote_ident(column.name)} {column.pg_type}" in ddl
 
 
-def test_source_ddl_has_the_pollers_triggers_only_where_a_table_has_a_version():
+def test_the_standin_ddl_has_the_pollers_triggers_only_where_a_table_has_a_version():
+    from stack.standin import standin_ddl
+
     for entity in EXTRACTED:
-        ddl = "\n".join(source_ddl((entity,)))
+        ddl = "\n".join(standin_ddl((entity,)))
         assert (f"{entity.source_table}_set_updated_at" in ddl) == (not entity.ordered_by_position)
         assert (f"pipeline_capture_delete('{entity.name}')" in ddl) == (not entity.ordered_by_position)
         assert "REPLICA IDENTITY FULL" in ddl
+
+
+def test_neither_include_nor_a_job_release_offers_the_standin_ddl():
+    """The stand-in's triggers would alter a hosted project's tables: only the stack has their DDL."""
+    from include.orchestration.releases import source_files
+    from include.settings import REPO_ROOT
+    from stack.standin import standin_ddl
+
+    markers = ("pipeline_set_updated_at", "pipeline_capture_delete", "REPLICA IDENTITY FULL;")
+    assert all(any(marker in statement for statement in standin_ddl()) for marker in markers)
+    offered = {str(path.relative_to(REPO_ROOT)): marker
+               for path in [*(REPO_ROOT / "include").rglob("*.py"), *(REPO_ROOT / "include").rglob("*.sql"),
+                            *(REPO_ROOT / relative for relative in source_files(REPO_ROOT))]
+               for marker in markers if marker in path.read_text()}
+    assert offered == {}
 
 
 def test_quote_ident_escapes_quotes():
