@@ -26,6 +26,20 @@ def position(commit_lsn: int, index: int = 0) -> str:
     return source_position(commit_lsn, index)
 
 
+def nth_order(entity, n: int):
+    """The order of a record's n-th version: minutes after T0 in its version column, or a later source position
+    for an entity ordered by it (include/entities.py); pass it as `**{entity.order_column: ...}`."""
+    return T0 + dt.timedelta(minutes=n) if entity.version_column else position(0x1000 + n)
+
+
+def external_version(order) -> int:
+    """Elasticsearch's version of an order (include/sql/sink_order.sql), worked out here independently."""
+    if isinstance(order, str):
+        lsn, index = (int(part, 16) for part in order.split("/"))
+        return (lsn << 16) + min(index, 65_535)
+    return round(order.timestamp() * 1_000_000)
+
+
 def lead_message(processado_em: dt.datetime = T0, **fields) -> dict:
     row = {
         "id": str(uuid.uuid4()),

@@ -108,13 +108,15 @@ def _source_messages(entity: Entity, ids: Sequence[str], *, source, warehouse, s
     from include.extract.extractor import encode_page
     from include.extract.pgoutput import parse_lsn
 
-    to_message, position = record_message, None
+    position = None
     if entity.ordered_by_position:
         (lsn,), = fetch(source, render_sql_macro("reconcile.sql", "source_position"))
         position = source_position(parse_lsn(lsn), 0)
 
-        def to_message(entity: Entity, row: dict, processado_em: dt.datetime) -> dict:
-            return {**record_message(entity, row, processado_em), SOURCE_POSITION: position}
+    def to_message(entity: Entity, row: dict, processado_em: dt.datetime) -> dict:
+        message = record_message(entity, row, processado_em)
+        return {**message, SOURCE_POSITION: position} if position else message
+
     rows = [dict(zip(entity.field_names, row)) for row in fetch(
         source, render_sql_macro("reconcile.sql", "source_rows", entity=entity, schema=source_schema),
         {"ids": list(ids)})]

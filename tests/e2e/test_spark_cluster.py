@@ -10,7 +10,6 @@ takes. The test starts the cluster's master and workers if they are not running,
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import random
@@ -33,8 +32,8 @@ from include.settings import REPO_ROOT
 from include.orchestration.config import StreamOpsConfig
 from spark.validation import INVALID_JSON
 from stack.services import SparkMaster, SparkWorker, StackError, pid_alive, wait_until as wait_healthy
-from tests.e2e.test_streaming_job import BUILDERS, MINUTE, Target, es_documents, micros, wait_until
-from tests.stream_support import T0, produce
+from tests.e2e.test_streaming_job import BUILDERS, Target, es_documents, wait_until
+from tests.stream_support import external_version, nth_order, produce
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -177,12 +176,12 @@ def run_on_cluster(settings, cluster, es, pg_schema, es_prefix, kafka_topic, tmp
     events = tmp_path / "events"
 
     messages = []
-    newest: dict[str, dict[str, dt.datetime]] = {e.name: {} for e in ENTITIES}
+    newest: dict[str, dict] = {e.name: {} for e in ENTITIES}
     for number in range(IDS):
         entity = ENTITIES[number % len(ENTITIES)]
         record_id = str(uuid.uuid4())
-        messages += [BUILDERS[entity](id=record_id, **{entity.version_column: T0 + v * MINUTE}) for v in range(2)]
-        newest[entity.name][record_id] = T0 + MINUTE
+        messages += [BUILDERS[entity](id=record_id, **{entity.order_column: nth_order(entity, v)}) for v in range(2)]
+        newest[entity.name][record_id] = nth_order(entity, 1)
     random.Random(16).shuffle(messages)
     positions = produce(settings, kafka_topic, messages + [f"not json {n}" for n in range(POISON)])
     poison_positions = set(positions[-POISON:])
@@ -245,11 +244,11 @@ def run_on_cluster(settings, cluster, es, pg_schema, es_prefix, kafka_topic, tmp
     assert input_rows == 2 * IDS + POISON
     assert latest == {kafka_topic: end_offsets}
     for entity in ENTITIES:
-        rows = dict(db.execute(f"SELECT {quote_ident(entity.key)}::text, {quote_ident(entity.version_column)} "
+        rows = dict(db.execute(f"SELECT {quote_ident(entity.key)}::text, {quote_ident(entity.order_column)} "
                                f"FROM {quote_ident(entity.table)}").fetchall())
         assert rows == newest[entity.name]
         documents = es_documents(es, Target(kafka_topic, pg_schema, es_prefix, checkpoints, query), entity)
-        assert {i: d["version"] for i, d in documents.items()} == {i: micros(v) for i, v in rows.items()}
+        assert {i: d["version"] for i, d in documents.items()} == {i: external_version(v) for i, v in rows.items()}
     dead = db.execute("SELECT kafka_partition, kafka_offset, reason FROM dead_letters").fetchall()
     assert {(p, o) for p, o, _ in dead} == poison_positions and len(dead) == POISON
     assert {reason for _, _, reason in dead} == {f"{INVALID_JSON}_{marker}"}

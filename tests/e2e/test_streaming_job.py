@@ -30,8 +30,8 @@ from include.entities import CHAT_SESSION, ENTITIES, EVENTO, LEAD, Entity
 from include.schema import quote_ident
 from include.settings import REPO_ROOT
 from spark.streaming_job import parse_args, run
-from tests.stream_support import (T0, as_bytes, chat_message, evento_message, lead_message, poison_catalog, position,
-                                  produce, with_members)
+from tests.stream_support import (T0, as_bytes, chat_message, evento_message, external_version, lead_message,
+                                  nth_order, poison_catalog, position, produce, with_members)
 
 MAX_BYTES = 64 * 1024
 MINUTE = dt.timedelta(minutes=1)
@@ -352,7 +352,7 @@ def test_driver_killed_mid_run_three_times_loses_nothing(settings, es, db, targe
     for number in range(30_000):
         entity = ENTITIES[number % len(ENTITIES)]
         record_id = str(uuid.uuid4())
-        messages += [BUILDERS[entity](id=record_id, **{entity.version_column: T0 + version * MINUTE})
+        messages += [BUILDERS[entity](id=record_id, **{entity.order_column: nth_order(entity, version)})
                      for version in range(2)]
     random.Random(7).shuffle(messages)
     produce(settings, target.topic, messages)
@@ -374,11 +374,11 @@ def test_driver_killed_mid_run_three_times_loses_nothing(settings, es, db, targe
     assert pg_counts(db) == expected
     assert es_counts(es, target) == expected
     for entity in ENTITIES:
-        newest = T0 + MINUTE
+        newest = nth_order(entity, 1)
         stale = db.execute(f"SELECT count(*) FROM {quote_ident(entity.table)} "
-                           f"WHERE {quote_ident(entity.version_column)} <> %s", [newest]).fetchone()[0]
+                           f"WHERE {quote_ident(entity.order_column)} <> %s", [newest]).fetchone()[0]
         assert stale == 0
-        assert {d["version"] for d in es_documents(es, target, entity).values()} == {micros(newest)}
+        assert {d["version"] for d in es_documents(es, target, entity).values()} == {external_version(newest)}
     assert db.execute("SELECT count(*) FROM dead_letters").fetchone()[0] == 0
 
 
