@@ -10,6 +10,7 @@ must end up with (the newest version of each id) is tracked beside them.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import time
 import uuid
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from include.contract import encode, record_message
-from include.entities import CHAT_SESSION, ENTITIES, EVENTO, LEAD, Entity
+from include.entities import CHAT_SESSION, ENTITIES, EVENTO, LEAD, SOURCE_POSITION, Entity
+from include.extract.cdc import source_position
 from include.extract.demo_data import USER_AGENTS, _Generator
 
 # Shares of new records; the rest of the messages are updates of earlier leads and sessions.
@@ -76,15 +78,20 @@ class Dataset:
         return Dataset(self.messages[:count], newest_versions(self.messages[:count]))
 
 
+def order_value(entity: Entity, text: str):
+    """A message's order as a comparable value: its version's instant, or its source position (as text it sorts)."""
+    return dt.datetime.fromisoformat(text) if entity.version_column else text
+
+
 def newest_versions(messages: list[Message]) -> dict[str, dict[str, str]]:
     newest: dict[str, dict[str, str]] = {entity.name: {} for entity in ENTITIES}
     by_name = {entity.name: entity for entity in ENTITIES}
     for message in messages:
         entity = by_name[message.entity]
         body = json.loads(message.value)
-        record_id, version = body[entity.key], body[entity.version_column]
+        record_id, version = body[entity.key], body[entity.order_column]
         seen = newest[entity.name].get(record_id)
-        if seen is None or dt.datetime.fromisoformat(version) >= dt.datetime.fromisoformat(seen):
+        if seen is None or order_value(entity, version) >= order_value(entity, seen):
             newest[entity.name][record_id] = version
     return newest
 
@@ -104,6 +111,8 @@ class EventGenerator:
         self.updatable: list[tuple[Entity, bytes]] = []
         self.ring_cursor = 0
         self.leads = 0
+        # Sessions are ordered by source position (include/entities.py): each message gets the next one.
+        self.positions = itertools.count(0x1000)
 
     def _evento(self) -> dict:
         rng = self.rng
@@ -138,14 +147,14 @@ class EventGenerator:
         }
 
     def _updated(self, index: int) -> tuple[Entity, dict]:
-        """A newer version of a recent lead or session: its last version with a later timestamp and new counts."""
+        """A newer version of a recent lead (a later timestamp) or session (the next position), with new counts."""
         entity, previous = self.updatable[index]
         row = json.loads(previous)
-        last = dt.datetime.fromisoformat(row[entity.version_column])
-        # Up to a day later, but never past the generator's clock: the job refuses versions from the future.
-        newer = last + dt.timedelta(seconds=min(self.rng.uniform(1, 86400), (self.now - last).total_seconds() / 2))
-        row[entity.version_column] = newer
         if entity is LEAD:
+            last = dt.datetime.fromisoformat(row[entity.version_column])
+            # Up to a day later, but never past the generator's clock: the job refuses versions from the future.
+            newer = last + dt.timedelta(seconds=min(self.rng.uniform(1, 86400), (self.now - last).total_seconds() / 2))
+            row[entity.version_column] = newer
             row["score_qualificacao"] = min(100, (row["score_qualificacao"] or 0) + self.rng.randint(1, 20))
             row["last_interaction_at"] = newer
         else:
@@ -172,14 +181,17 @@ class EventGenerator:
             entity = self.rng.choices([e for e, _ in NEW_SHARES], weights=[s for _, s in NEW_SHARES])[0]
             row = self._new(entity)
             kind = entity.name
+        if entity.ordered_by_position:
+            row[SOURCE_POSITION] = source_position(next(self.positions), 0)
         message = record_message(entity, row, processado_em=self.now)
         # Members beyond the registry's fields (an event's context) ride along, as producers send them.
         message.update({name: value for name, value in row.items() if name not in message})
         value = encode(message)
         if entity in UPDATABLE:
             self._remember(entity, value, slot)
-        version = row[entity.version_column]
-        return kind, Message(entity.name, str(row[entity.key]).encode(), value), version.isoformat()
+        version = row[entity.order_column]
+        return (kind, Message(entity.name, str(row[entity.key]).encode(), value),
+                version.isoformat() if isinstance(version, dt.datetime) else version)
 
     def stream(self, count: int) -> Iterator[tuple[str, Message, str]]:
         for _ in range(count):

@@ -9,13 +9,12 @@ value by at most one poll interval.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import threading
 import time
 from typing import Callable
 
-from bench.data import Dataset
+from bench.data import Dataset, order_value
 from bench.scratch import Scratch
 from include.connections import warehouse_session
 from include.entities import ENTITIES
@@ -28,14 +27,17 @@ PERCENTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("max", 1.0))
 
 def visibility_ddl(schema: str) -> list[str]:
     seen = f"{quote_ident(schema)}.{quote_ident(SEEN_TABLE)}"
-    statements = [f"CREATE TABLE {seen} (table_name text NOT NULL, id uuid NOT NULL, version timestamptz NOT NULL)"]
+    # A row's order: its version, or its source position for an entity ordered by it (the other is null).
+    statements = [f"CREATE TABLE {seen} (table_name text NOT NULL, id uuid NOT NULL, version timestamptz, "
+                  "position text)"]
     for entity in ENTITIES:
+        order = (f"NEW.{quote_ident(entity.version_column)}, NULL" if entity.version_column
+                 else f"NULL, NEW.{quote_ident(entity.order_column)}")
         function = f"{quote_ident(schema)}.{quote_ident(f'{SEEN_TABLE}_{entity.table}')}"
         statements += [
             f"""CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$
                 BEGIN
-                    INSERT INTO {seen} VALUES (TG_TABLE_NAME, NEW.{quote_ident(entity.key)},
-                                               NEW.{quote_ident(entity.version_column)});
+                    INSERT INTO {seen} VALUES (TG_TABLE_NAME, NEW.{quote_ident(entity.key)}, {order});
                     RETURN NULL;
                 END $$""",
             f"CREATE TRIGGER {quote_ident(SEEN_TABLE)} AFTER INSERT OR UPDATE ON "
@@ -52,7 +54,7 @@ class Visibility:
         self.schema = schema
         self.poll_s = poll_s
         self.by_table = {entity.table: entity for entity in ENTITIES}
-        self.pending: dict[tuple[str, str], list[tuple[dt.datetime, float]]] = {}
+        self.pending: dict[tuple[str, str], list[tuple[object, float]]] = {}  # (order_value, sent at)
         self.latencies_ms: list[float] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -60,13 +62,15 @@ class Visibility:
         self._thread = threading.Thread(target=self._run, name="bench-visibility", daemon=True)
         self._thread.start()
 
-    def sent(self, entity_name: str, record_id: str, version: dt.datetime, at: float) -> None:
+    def sent(self, entity_name: str, record_id: str, version, at: float) -> None:
+        """`version`: the message's order_value (bench/data.py)."""
         with self._lock:
             self.pending.setdefault((entity_name, record_id), []).append((version, at))
 
     def _seen(self, rows: list[tuple], at: float) -> None:
         with self._lock:
-            for table, record_id, version in rows:
+            for table, record_id, version, position in rows:
+                version = position if version is None else version
                 key = (self.by_table[table].name, str(record_id))
                 waiting = self.pending.get(key, [])
                 still = [(v, sent) for v, sent in waiting if v > version]
@@ -141,8 +145,7 @@ def offer(settings, topic: str, dataset: Dataset, rate: int, visibility: Visibil
             for message in batch:
                 entity = by_name[message.entity]
                 body = json.loads(message.value)
-                visibility.sent(entity.name, body[entity.key],
-                                dt.datetime.fromisoformat(body[entity.version_column]), at)
+                visibility.sent(entity.name, body[entity.key], order_value(entity, body[entity.order_column]), at)
             publisher.publish((m.key, m.value) for m in batch)
             sent = due
             time.sleep(max(0.0, started + sent / rate - time.monotonic(), tick_s))

@@ -25,7 +25,7 @@ from spark.validation import PAYLOAD
 def upsert_statement(entity: Entity) -> str:
     """One row's newest-wins upsert, as a per-row writer would hand-write it (identifiers from the registry)."""
     columns = [c.name for c in entity.columns]
-    table, key, version = (quote_ident(n) for n in (entity.table, entity.key, entity.version_column))
+    table, key, version = (quote_ident(n) for n in (entity.table, entity.key, entity.order_column))
     updates = ", ".join(f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in columns if c != entity.key)
     return (f"INSERT INTO {table} AS t ({', '.join(quote_ident(c) for c in columns)}) "
             f"VALUES ({', '.join(['%s'] * len(columns))}) "

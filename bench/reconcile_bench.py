@@ -213,7 +213,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--drift", type=int, default=1_000)
-    parser.add_argument("--entity", action="append", choices=sorted(BY_NAME), help="repeatable; default: all")
+    # Seeding and drifting work on version columns: an entity ordered by source position (chat_session) is not
+    # measured here.
+    versioned = sorted(name for name, entity in BY_NAME.items() if entity.version_column)
+    parser.add_argument("--entity", action="append", choices=versioned,
+                        help="repeatable; default: every entity with a version column")
     parser.add_argument("--output", type=Path, help="default: bench/results/reconcile-<rows>.json")
     args = parser.parse_args(argv)
     # Loading a million rows is one COPY per table, far longer than the pipeline's statement timeout; the
@@ -223,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpus": os.cpu_count(),
               "entities": []}
     output = args.output or RESULTS / f"reconcile-{args.rows}.json"
-    for name in args.entity or list(BY_NAME):
+    for name in args.entity or versioned:
         report["entities"].append(bench_entity(settings, BY_NAME[name], args.rows, args.drift))
         output.write_text(json.dumps(report, indent=2) + "\n")  # after each entity: a long run keeps what it measured
         print(f"written {output}", flush=True)

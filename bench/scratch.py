@@ -108,7 +108,7 @@ class Landed:
         self.connection = warehouse_session(settings, autocommit=True)
         self.expected = {name: len(ids) for name, ids in newest.items()}
         self.connection.execute(
-            "CREATE TEMPORARY TABLE bench_expected (entity text, id uuid, version timestamptz, "
+            "CREATE TEMPORARY TABLE bench_expected (entity text, id uuid, version text, "
             "PRIMARY KEY (entity, id, version))")
         with self.connection.cursor() as cursor:
             with cursor.copy("COPY bench_expected (entity, id, version) FROM STDIN") as copy:
@@ -119,10 +119,11 @@ class Landed:
 
     def _count(self, schema: str, entity: Entity) -> tuple[int, int]:
         table = f"{quote_ident(schema)}.{quote_ident(entity.table)}"
+        order_type = "timestamptz" if entity.version_column else "text"  # expected orders are held as text
         return self.connection.execute(
             f"SELECT (SELECT count(*) FROM {table}), "
             f"(SELECT count(*) FROM {table} t JOIN bench_expected e ON e.entity = %s "
-            f"AND e.id = t.{quote_ident(entity.key)} AND e.version = t.{quote_ident(entity.version_column)})",
+            f"AND e.id = t.{quote_ident(entity.key)} AND e.version::{order_type} = t.{quote_ident(entity.order_column)})",
             [entity.name]).fetchone()
 
     def newest_rows(self, schema: str, entities: tuple[Entity, ...] = ENTITIES) -> int:
