@@ -297,11 +297,12 @@ def test_sessions_without_updated_at_reach_both_sinks_newest_by_source_position(
         ("postgres", 1, 1), ("elasticsearch", 0, 0)]
     from include.extract.publisher import KafkaPublisher
 
-    before = len(published)
+    before = {(r.partition, r.offset) for r in read_topic(kafka_topic)}
     with KafkaPublisher(settings.kafka_bootstrap, kafka_topic, client_id="pytest-reconcile") as publisher:
         assert reconcile(publisher)["republished"] == {"records": 1, "refused": 0}
-    republished = [r.value for r in read_topic(kafka_topic)][before:]
-    sink.write(kafka_frame(spark, republished, start_offset=before), 3)
+    republished = [r.value for r in read_topic(kafka_topic) if (r.partition, r.offset) not in before]
+    assert [value["id"] for value in republished] == [tokens["tok4"]]
+    sink.write(kafka_frame(spark, republished, start_offset=len(before)), 3)
     es.indices.refresh(index=index)
     assert reconcile()["drift"] == 0
     assert warehouse_db.execute("SELECT total_messages FROM chat_sessions WHERE id = %s", [tokens["tok4"]]
