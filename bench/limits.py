@@ -31,15 +31,17 @@ def _documents(dataset: Dataset) -> list[tuple]:
         verdict = validate(m.value, len(m.value))
         if verdict.reason is not None:
             raise ValueError(f"the data set holds an invalid message ({verdict.reason}): {m.value[:200]!r}")
-        documents.append((verdict.entity, verdict.key, verdict.version, verdict.deleted, render(verdict.row)))
+        documents.append((verdict.entity, verdict.key, verdict.version, verdict.position, verdict.deleted,
+                          render(verdict.row)))
     return documents
 
 
 def _staged_rows(documents: list[tuple], entity: Entity, token: str) -> list[tuple]:
     """Staging rows (stream_staging.sql) of one entity's documents; the offset orders equal versions."""
     received = dt.datetime.now(dt.timezone.utc)
-    return [(token, 0, entity.name, record_id, version, deleted, received, "bench", 0, offset, document)
-            for offset, (of, record_id, version, deleted, document) in enumerate(documents) if of is entity]
+    return [(token, 0, entity.name, record_id, version, position, deleted, received, "bench", 0, offset, document)
+            for offset, (of, record_id, version, position, deleted, document) in enumerate(documents)
+            if of is entity]
 
 
 def _load_entity(settings, schema: str, entity: Entity, token: str, rows: list[tuple]) -> dict:
@@ -92,10 +94,18 @@ def limit_pg(settings, scratch: Scratch, dataset: Dataset, landed: Landed) -> di
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
+def external_version(version: dt.datetime | None, position: str | None) -> int:
+    """The sink's Elasticsearch version (include/sql/sink_order.sql): epoch microseconds, or LSN << 16 + index."""
+    if version is not None:
+        return (version - _EPOCH) // dt.timedelta(microseconds=1)
+    lsn, index = (int(part, 16) for part in position.split("/"))
+    return (lsn << 16) + min(index, 65_535)
+
+
 def es_actions(dataset: Dataset, indices: dict[str, str]) -> list[dict]:
     return [{"_index": indices[entity.name], "_id": record_id, "version_type": "external_gte", "_source": document,
-             "version": (version - _EPOCH) // dt.timedelta(microseconds=1)}
-            for entity, record_id, version, _, document in _documents(dataset)]
+             "version": external_version(version, position)}
+            for entity, record_id, version, position, _, document in _documents(dataset)]
 
 
 def _bulk(es, actions: list[dict], chunk_size: int, threads: int) -> int:

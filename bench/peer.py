@@ -43,6 +43,7 @@ CONNECT_TYPES: dict[str, dict] = {
     "numeric": {"type": "double"},
     "boolean": {"type": "boolean"},
     "timestamptz": {"type": "string", "name": "io.debezium.time.ZonedTimestamp"},
+    "source_position": {"type": "string"},
 }
 
 

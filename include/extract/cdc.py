@@ -20,9 +20,11 @@ The slot is recorded in the warehouse (`extract_cdc_slots`). A slot recorded the
 invalidated by `max_slot_wal_keep_size`, stops the run with `SlotLost`: the changes since its last confirmation
 are gone from the WAL, and only a new initial snapshot (the `resnapshot` option, the DAG's param) recovers.
 
-A snapshot killed mid-way resumes from its recorded progress under a new snapshot, with the slot kept: rows after
-the progress are read as they are now, and the slot then replays the changes since its start over them. Those
-replayed versions are older than the rows read, and the sinks' newest-wins on the version column drops them.
+A snapshot killed mid-way resumes from its recorded progress, with the slot kept, under the snapshot a temporary
+slot exports: the rows still to copy are read as they are now and dated at that slot's consistent point, which is
+exactly where its snapshot sits in commit order. The slot then replays the changes since its own start: those the
+rows already hold are dated before that point and lose in the sinks, those they lack after it and win, so no row
+steps back, whether ordered by version or by source position.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ import select
 import time
 import uuid
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from include.contract import MAX_PAYLOAD_BYTES, now_utc, record_message, tombstone_message
 from include.entities import EXTRACTED, SOURCE_POSITION, Entity
@@ -70,6 +74,25 @@ def source_position(commit_lsn: int, index: int) -> str:
     """A change's place in the source's commit order, as a string that sorts as the positions do: the commit
     LSN (16 hex digits) and the change's index in its transaction (8 hex digits)."""
     return f"{commit_lsn:016X}/{index:08X}"
+
+
+@contextmanager
+def temporary_snapshot(dsn: str, slot: str) -> Iterator[tuple[int, str]]:
+    """(consistent point, exported snapshot) of a temporary slot, for a copy that resumes or extends the initial
+    snapshot: the snapshot holds exactly the transactions that committed before that point. The slot and its
+    snapshot live as long as their replication connection, closed on leaving."""
+    import psycopg2
+    import psycopg2.extras
+
+    connection = psycopg2.connect(dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection)
+    try:
+        cursor = connection.cursor()
+        cursor.execute(f"CREATE_REPLICATION_SLOT {quote_ident(f'{slot[:40]}_copy_{uuid.uuid4().hex[:8]}')} "
+                       "TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT")
+        _name, consistent_point, snapshot, _plugin = cursor.fetchone()
+        yield parse_lsn(consistent_point), snapshot
+    finally:
+        connection.close()
 
 
 def wait_inactive(source, slot: str) -> None:
@@ -257,16 +280,16 @@ class CdcExtraction:
 
     # --- the initial snapshot
 
-    def _copy_snapshot(self, source, record: SlotRecord, snapshot: str | None, result: CdcResult) -> None:
-        """Copy every row not copied yet, in keyset pages on the key, under the slot's exported snapshot (or, when
-        resuming, a new one). Rows carry the slot's consistent point as their source position."""
+    def _copy_snapshot(self, source, record: SlotRecord, snapshot: str, consistent_lsn: int,
+                       result: CdcResult) -> None:
+        """Copy every row not copied yet, in keyset pages on the key, under an exported snapshot; rows carry the
+        consistent point of the slot that exported it as their source position."""
         from psycopg import sql
 
         progress = dict(record.snapshot_progress)
         source.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         try:
-            if snapshot is not None:
-                source.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            source.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
             for entity in self.entities:
                 if progress.get(entity.name) is True:
                     continue
@@ -282,7 +305,7 @@ class CdcExtraction:
                     rows = [dict(zip(names, row)) for row in cursor.fetchall()]
                     if not rows:
                         break
-                    position = source_position(record.consistent_lsn, 0)
+                    position = source_position(consistent_lsn, 0)
                     messages, rejects = self._encode(entity, rows, _with_position(position))
                     self._send(messages, rejects, None)
                     self._settle(None, result, block=True)
@@ -314,14 +337,17 @@ class CdcExtraction:
                 cursor = replication.cursor()
                 record, snapshot = self._open_slot(source, cursor)
                 if added and record.snapshot_done:
-                    # A table new to the publication: its rows so far were never published. Copied under a new
-                    # snapshot, as a resumed snapshot is (the stream's replays of older versions lose on version).
+                    # A table new to the publication: its rows so far were never published. Copied as a resumed
+                    # snapshot is.
                     progress = {name: done for name, done in record.snapshot_progress.items()
                                 if name not in {e.name for e in added}}
                     self.state.save_progress(self.slot, progress)
                     record = self.state.get(self.slot)
-                if not record.snapshot_done:
-                    self._copy_snapshot(source, record, snapshot, result)
+                if not record.snapshot_done and snapshot is not None:
+                    self._copy_snapshot(source, record, snapshot, record.consistent_lsn, result)
+                elif not record.snapshot_done:
+                    with temporary_snapshot(self.dsn, self.slot) as (consistent_lsn, exported):
+                        self._copy_snapshot(source, record, exported, consistent_lsn, result)
                 wait_inactive(source, self.slot)
                 run_id = uuid.uuid4().hex
                 [marker] = source.execute("SELECT pg_logical_emit_message(false, %s, %s)::text",

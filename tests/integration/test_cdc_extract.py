@@ -216,6 +216,38 @@ def test_the_watchdogs_slot_task_fails_naming_a_slot_over_its_limit(settings, cd
         check_slots_task()
 
 
+def test_a_resumed_snapshot_dates_its_rows_after_every_change_they_hold(
+        cdc_settings, source_db, source_schema, endpoints, warehouse_db, read_topic, kafka_topic):
+    """A copy resumed after a kill reads rows as they are now, while the slot still replays the changes since its
+    own start. Dated at the slot's start, a copied session would lose to those older replays until the newest came
+    through (a row stepping back); dated at its temporary slot's consistent point, it is after every change it
+    holds, and before every change it lacks."""
+    sessions = f"{quote_ident(source_schema)}.chat_sessions"
+    source_db.execute(f"INSERT INTO {sessions} (session_token, total_messages) VALUES ('resumed', 0)")
+    source_db.commit()
+    cdc(cdc_settings, endpoints)  # the slot, its first snapshot and a confirmed position
+    source_db.execute(f"UPDATE {sessions} SET total_messages = 1 WHERE session_token = 'resumed'")
+    source_db.commit()
+    source_db.execute(f"UPDATE {sessions} SET total_messages = 2 WHERE session_token = 'resumed'")
+    source_db.commit()
+    # As a run killed mid-snapshot leaves it: the copy not done, the slot behind changes the copy will read.
+    warehouse_db.execute("UPDATE extract_cdc_slots SET snapshot_done = false, snapshot_progress = '{}' "
+                         "WHERE slot_name = %s", [cdc_settings.extract_cdc_slot])
+    before = {(r.partition, r.offset) for r in read_topic(kafka_topic)}
+
+    result = cdc(cdc_settings, endpoints)
+
+    messages = [r.value for r in read_topic(kafka_topic) if (r.partition, r.offset) not in before]
+    assert result.snapshot_rows == 1 and result.published == 2
+    copied = next(m for m in messages if m["total_messages"] == 2 and m["source_position"].endswith("/00000000")
+                  and m["source_position"] == max(v["source_position"] for v in messages))
+    streamed = sorted((m["source_position"], m["total_messages"]) for m in messages if m is not copied)
+    assert [count for _, count in streamed] == [1, 2]
+    assert all(position < copied["source_position"] for position, _ in streamed)
+    assert source_db.execute("SELECT count(*) FROM pg_replication_slots WHERE temporary").fetchone() == (0,)
+    source_db.commit()
+
+
 def test_sessions_without_updated_at_reach_both_sinks_newest_by_source_position(
         settings, spark, es, es_prefix, cdc_settings, source_db, source_schema, pg_schema, warehouse_db, endpoints,
         read_topic, kafka_topic):
